@@ -1,0 +1,3 @@
+//! Backends: each maps the API onto one vendor ABI.
+
+pub mod native;

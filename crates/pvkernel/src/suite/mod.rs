@@ -1,0 +1,87 @@
+//! The conformance suite: small tests, each reporting one TAP line.
+
+use alloc::string::String;
+
+use crate::boot::BootInfo;
+use crate::tap::{self, Outcome};
+
+mod boot;
+mod cpu;
+mod mem;
+mod time;
+mod trap;
+
+/// What a test can look at.
+pub struct Ctx<'a> {
+    /// The boot information.
+    pub boot: &'a BootInfo,
+}
+
+/// A test's verdict: `Ok(())` passes, `Err(message)` fails, [`skip`] skips.
+pub type TestResult = Result<(), Failure>;
+
+/// A failed or skipped test.
+pub enum Failure {
+    /// Failed with a message.
+    Fail(String),
+    /// Not applicable on this platform.
+    Skip(&'static str),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::Fail(s)
+    }
+}
+
+/// Skips the current test.
+pub fn skip(why: &'static str) -> TestResult {
+    Err(Failure::Skip(why))
+}
+
+/// Fails the test with a formatted message unless `cond` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            return Err($crate::suite::Failure::Fail(alloc::format!($($arg)*)));
+        }
+    };
+}
+
+/// One test.
+pub struct Test {
+    /// `group.name`.
+    pub name: &'static str,
+    /// The body.
+    pub run: fn(&mut Ctx) -> TestResult,
+}
+
+/// Every test, in the order they run.
+pub fn all() -> impl Iterator<Item = &'static Test> {
+    boot::TESTS
+        .iter()
+        .chain(mem::TESTS)
+        .chain(trap::TESTS)
+        .chain(cpu::TESTS)
+        .chain(time::TESTS)
+}
+
+/// Runs every test whose name starts with `filter`; returns the number failed.
+pub fn run(ctx: &mut Ctx, filter: &str) -> usize {
+    let count = all().filter(|t| t.name.starts_with(filter)).count();
+    tap::line(format_args!("1..{}", count));
+    let mut failed = 0;
+    for (i, t) in all().filter(|t| t.name.starts_with(filter)).enumerate() {
+        let outcome = match (t.run)(ctx) {
+            Ok(()) => Outcome::Pass,
+            Err(Failure::Skip(why)) => Outcome::Skip(why),
+            Err(Failure::Fail(msg)) => {
+                failed += 1;
+                Outcome::Fail(msg)
+            }
+        };
+        tap::result(i + 1, t.name, &outcome);
+    }
+    failed
+}
