@@ -1,0 +1,144 @@
+//! The platforms pvkernel boots on, how to launch each, and whether it is present.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::build;
+use crate::LabError;
+
+/// How a platform runs the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Launcher {
+    /// `qemu-system-x86_64 -accel tcg -M <machine>` (software emulation: bare metal).
+    QemuTcg(&'static str),
+    /// `qemu-system-x86_64 -accel kvm -M pc` on /dev/kvm.
+    QemuKvm,
+    /// Our own VMM on /dev/kvm.
+    Pvrun,
+}
+
+/// One row of the matrix.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Platform {
+    /// Name used on the command line and in reports.
+    pub name: &'static str,
+    /// How it runs.
+    pub launcher: Launcher,
+    /// What the kernel must report on its `# platform:` line.
+    pub expect_platform: &'static str,
+    /// Watchdog for one boot.
+    #[serde(skip)]
+    pub timeout: Duration,
+}
+
+/// Every platform, in matrix order.
+pub const ALL: &[Platform] = &[
+    Platform {
+        name: "qemu-tcg-pc",
+        launcher: Launcher::QemuTcg("pc"),
+        expect_platform: "tcg",
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-tcg-q35",
+        launcher: Launcher::QemuTcg("q35"),
+        expect_platform: "tcg",
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-tcg-microvm",
+        launcher: Launcher::QemuTcg("microvm"),
+        expect_platform: "tcg",
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "pvrun-kvm",
+        launcher: Launcher::Pvrun,
+        expect_platform: "kvm",
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-kvm",
+        launcher: Launcher::QemuKvm,
+        expect_platform: "kvm",
+        timeout: Duration::from_secs(120),
+    },
+];
+
+/// Looks a platform up by name.
+pub fn by_name(name: &str) -> Result<&'static Platform, LabError> {
+    ALL.iter().find(|p| p.name == name).ok_or_else(|| {
+        let names: Vec<_> = ALL.iter().map(|p| p.name).collect();
+        LabError::UnknownPlatform(name.to_string(), names.join(", "))
+    })
+}
+
+/// Guest memory for every boot, in MiB.
+pub const GUEST_MEM_MIB: u32 = 128;
+
+/// QEMU binary (`$PVLAB_QEMU` or `qemu-system-x86_64`).
+pub fn qemu_binary() -> String {
+    std::env::var("PVLAB_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
+}
+
+fn qemu_present() -> Result<(), String> {
+    match Command::new(qemu_binary()).arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(_) => Err(format!("{} --version failed", qemu_binary())),
+        Err(e) => Err(format!("{} not found ({e}); run scripts/setup.sh", qemu_binary())),
+    }
+}
+
+fn kvm_usable() -> Result<(), String> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("/dev/kvm absent".to_string()),
+        Err(e) => Err(format!("/dev/kvm not usable: {e}")),
+    }
+}
+
+impl Platform {
+    /// `Err(reason)` when this machine cannot run the platform.
+    pub fn availability(&self) -> Result<(), String> {
+        match self.launcher {
+            Launcher::QemuTcg(_) => qemu_present(),
+            Launcher::QemuKvm => qemu_present().and_then(|()| kvm_usable()),
+            Launcher::Pvrun => kvm_usable(),
+        }
+    }
+
+    /// The command that boots `kernel` with `cmdline`.
+    pub fn command(&self, kernel: &Path, cmdline: &str) -> Result<Command, LabError> {
+        let mem = GUEST_MEM_MIB.to_string();
+        let cmd = match self.launcher {
+            Launcher::QemuTcg(machine) => qemu(kernel, cmdline, machine, "tcg", &mem),
+            Launcher::QemuKvm => qemu(kernel, cmdline, "pc", "kvm", &mem),
+            Launcher::Pvrun => {
+                let mut c = Command::new(build::pvrun()?);
+                c.args(["--mem", &mem, "--timeout"])
+                    .arg(self.timeout.as_secs().to_string())
+                    .arg("--cmdline")
+                    .arg(cmdline)
+                    .arg(kernel);
+                c
+            }
+        };
+        Ok(cmd)
+    }
+}
+
+fn qemu(kernel: &Path, cmdline: &str, machine: &str, accel: &str, mem: &str) -> Command {
+    let mut c = Command::new(qemu_binary());
+    c.args(["-M", machine, "-accel", accel, "-m", mem])
+        .args(["-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none"])
+        .args(["-serial", "stdio"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-append")
+        .arg(cmdline);
+    c
+}

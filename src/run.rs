@@ -1,0 +1,170 @@
+//! Booting the kernel once on one platform: launch, read the serial port with
+//! timestamps, enforce a watchdog, and judge the result.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::platform::Platform;
+use crate::tap::TapReport;
+use crate::LabError;
+
+/// A line of serial output and when it arrived (since launch).
+#[derive(Clone, Debug, Serialize)]
+pub struct TimedLine {
+    /// Time since launch.
+    pub at: Duration,
+    /// The line, without its newline.
+    pub text: String,
+}
+
+/// What one boot produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Boot {
+    /// Platform name.
+    pub platform: &'static str,
+    /// Command line given to the kernel.
+    pub cmdline: String,
+    /// Process exit status (`None`: killed by the watchdog or by a signal).
+    pub status: Option<i32>,
+    /// The watchdog fired.
+    pub timed_out: bool,
+    /// Launch → `TAP version` line.
+    pub first_tap_line: Option<Duration>,
+    /// Launch → process exit.
+    pub total: Duration,
+    /// Serial output, timestamped.
+    pub lines: Vec<TimedLine>,
+    /// The launcher's standard error.
+    pub stderr: String,
+    /// The parsed TAP.
+    pub report: TapReport,
+}
+
+impl Boot {
+    /// The kernel's debug-exit value, when the process ended through port 0xf4
+    /// (status `(value << 1) | 1`).
+    pub fn guest_exit_value(&self) -> Option<i32> {
+        self.status.filter(|s| s % 2 == 1).map(|s| s >> 1)
+    }
+
+    /// Everything wrong with this boot as a run of the full suite (empty = green).
+    pub fn problems(&self, platform: &Platform, token: Option<&str>) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.timed_out {
+            p.push(format!("watchdog: no exit within {:.0} s", platform.timeout.as_secs_f64()));
+        }
+        match self.guest_exit_value() {
+            Some(0) => {}
+            Some(v) => p.push(format!("kernel exit value {v}")),
+            None if !self.timed_out => p.push(format!(
+                "launcher exited with {} ({})",
+                self.status.map_or("a signal".to_string(), |s| s.to_string()),
+                self.stderr.lines().last().unwrap_or("no message")
+            )),
+            None => {}
+        }
+        p.extend(self.report.problems());
+        match self.report.platform_field("platform") {
+            Some(got) if got == platform.expect_platform => {}
+            Some(got) => p.push(format!("platform line says {got}, expected {}", platform.expect_platform)),
+            None => p.push("no `# platform:` line".to_string()),
+        }
+        if let Some(token) = token {
+            match self.report.diagnostic("cmdline token") {
+                Some(t) if t == token => {}
+                Some(t) => p.push(format!("kernel echoed token {t}, passed {token}")),
+                None => p.push("kernel did not echo the command-line token".to_string()),
+            }
+        }
+        p
+    }
+}
+
+/// A fresh token for the kernel to echo (proves the command line arrived).
+pub fn fresh_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos as u64, std::process::id())
+}
+
+/// Boots `kernel` on `platform` with `cmdline`; `echo` prints serial lines live.
+pub fn boot(platform: &Platform, kernel: &Path, cmdline: &str, echo: bool) -> Result<Boot, LabError> {
+    let mut cmd = platform.command(kernel, cmdline)?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| LabError::Launch(platform.name.to_string(), e.to_string()))?;
+
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel::<TimedLine>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+            if tx.send(TimedLine { at: start.elapsed(), text }).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+
+    let mut lines = Vec::new();
+    let mut report = TapReport::default();
+    let mut timed_out = false;
+    let status = loop {
+        while let Ok(l) = rx.try_recv() {
+            take_line(l, &mut lines, &mut report, echo, platform.name);
+        }
+        match child.try_wait() {
+            Ok(Some(s)) => break s.code(),
+            Ok(None) if start.elapsed() > platform.timeout => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().ok().and_then(|s| s.code());
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(LabError::Launch(platform.name.to_string(), e.to_string())),
+        }
+    };
+    let total = start.elapsed();
+    let _ = reader.join();
+    for l in rx.try_iter() {
+        take_line(l, &mut lines, &mut report, echo, platform.name);
+    }
+    let stderr = err_reader.join().unwrap_or_default();
+    let first_tap_line = lines.iter().find(|l| l.text.starts_with("TAP version")).map(|l| l.at);
+    Ok(Boot {
+        platform: platform.name,
+        cmdline: cmdline.to_string(),
+        status: if timed_out { None } else { status },
+        timed_out,
+        first_tap_line,
+        total,
+        lines,
+        stderr,
+        report,
+    })
+}
+
+fn take_line(l: TimedLine, lines: &mut Vec<TimedLine>, report: &mut TapReport, echo: bool, name: &str) {
+    if echo {
+        eprintln!("[{name} {:>8.3}s] {}", l.at.as_secs_f64(), l.text);
+    }
+    report.feed(&l.text);
+    lines.push(l);
+}
