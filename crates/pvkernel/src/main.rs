@@ -81,5 +81,8 @@ fn crash(kind: &str) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    tap::bail_out(format_args!("panic: {}", info))
+    match info.location() {
+        Some(l) => tap::bail_out(format_args!("panic at {}:{}: {}", l.file(), l.line(), info.message())),
+        None => tap::bail_out(format_args!("panic: {}", info.message())),
+    }
 }

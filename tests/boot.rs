@@ -1,0 +1,111 @@
+//! Boots the real kernel on every platform and asserts on the parsed TAP.
+//! A platform this machine lacks prints a loud SKIP line and the test returns.
+
+use pvlab::platform::{self, Platform};
+use pvlab::run::{self, Boot};
+
+/// The suite must keep at least this many self-tests.
+const MIN_TESTS: usize = 12;
+
+fn available(name: &str) -> Option<&'static Platform> {
+    let p = platform::by_name(name).expect("known platform");
+    match p.availability() {
+        Ok(()) => Some(p),
+        Err(why) => {
+            eprintln!("SKIP: {name}: {why}");
+            println!("SKIP: {name}: {why}");
+            None
+        }
+    }
+}
+
+fn boot(p: &Platform, cmdline: &str) -> Boot {
+    let kernel = pvlab::build::kernel().expect("kernel builds");
+    run::boot(p, &kernel, cmdline, false).expect("platform launches")
+}
+
+fn full_suite(name: &str) {
+    let Some(p) = available(name) else { return };
+    let token = run::fresh_token();
+    let b = boot(p, &format!("pvkernel.token={token}"));
+    let problems = b.problems(p, Some(&token));
+    assert!(problems.is_empty(), "{name}: {problems:#?}\nserial:\n{}", transcript(&b));
+    let plan = b.report.plan.expect("plan");
+    assert!(plan >= MIN_TESTS, "{name}: only {plan} tests");
+    assert_eq!(b.report.tests.len(), plan);
+    assert!(b.report.tests.iter().all(|t| t.ok), "{name}: a test failed");
+    assert_eq!(b.report.platform_field("backend").as_deref(), Some("native"));
+    assert_eq!(b.report.platform_field("boot").as_deref(), Some("pvh"));
+    assert_eq!(b.guest_exit_value(), Some(0));
+}
+
+fn transcript(b: &Boot) -> String {
+    let mut s: String = b.lines.iter().map(|l| format!("{}\n", l.text)).collect();
+    s.push_str(&b.stderr);
+    s
+}
+
+#[test]
+fn qemu_tcg_pc() {
+    full_suite("qemu-tcg-pc");
+}
+
+#[test]
+fn qemu_tcg_q35() {
+    full_suite("qemu-tcg-q35");
+}
+
+#[test]
+fn qemu_tcg_microvm() {
+    full_suite("qemu-tcg-microvm");
+}
+
+#[test]
+fn pvrun_kvm() {
+    full_suite("pvrun-kvm");
+}
+
+#[test]
+fn qemu_kvm() {
+    full_suite("qemu-kvm");
+}
+
+/// An unexpected page fault is reported by the trap handler as `Bail out!` with
+/// vector, RIP, error code and CR2, and the kernel exits with status 2.
+fn fatal_page_fault(name: &str) {
+    let Some(p) = available(name) else { return };
+    let b = boot(p, "pvkernel.crash=page_fault");
+    let reason = b.report.bail_out.clone().unwrap_or_else(|| panic!("no Bail out!\n{}", transcript(&b)));
+    for needle in ["#PF", "vector 14", "rip=0x", "error=0x0", "cr2=0xffffc000dead0000"] {
+        assert!(reason.contains(needle), "{name}: `{needle}` missing in: {reason}");
+    }
+    assert_eq!(b.guest_exit_value(), Some(2), "{name}: status {:?}", b.status);
+}
+
+#[test]
+fn fatal_page_fault_on_tcg() {
+    fatal_page_fault("qemu-tcg-microvm");
+}
+
+#[test]
+fn fatal_page_fault_on_pvrun() {
+    fatal_page_fault("pvrun-kvm");
+}
+
+#[test]
+fn panic_bails_out() {
+    let Some(p) = available("qemu-tcg-microvm") else { return };
+    let b = boot(p, "pvkernel.crash=panic");
+    let reason = b.report.bail_out.clone().expect("Bail out!");
+    assert!(reason.contains("requested by pvkernel.crash=panic"), "{reason}");
+    assert_eq!(b.guest_exit_value(), Some(2));
+}
+
+/// A test filter on the command line shrinks the plan: the kernel really reads it.
+#[test]
+fn cmdline_filter_selects_tests() {
+    let Some(p) = available("qemu-tcg-microvm") else { return };
+    let b = boot(p, "pvkernel.tests=trap.");
+    assert_eq!(b.report.plan, Some(4), "{}", transcript(&b));
+    assert!(b.report.tests.iter().all(|t| t.name.starts_with("trap.") && t.ok));
+}
