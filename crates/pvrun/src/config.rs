@@ -1,0 +1,140 @@
+//! What to run: the VM configuration and its validation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::layout;
+use crate::pvh::{self, BootInfoError};
+
+/// Longest accepted timeout (one day): keeps `Instant + timeout` finite.
+pub const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The configuration of one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The PVH kernel ELF.
+    pub kernel: PathBuf,
+    /// Guest RAM in MiB ([`layout::MEM_MIB_MIN`]..=[`layout::MEM_MIB_MAX`]).
+    pub mem_mib: u64,
+    /// Kernel command line (at most 4095 bytes, no NUL).
+    pub cmdline: String,
+    /// How long the guest may run before the watchdog stops it.
+    pub timeout: Duration,
+    /// The KVM device.
+    pub kvm_path: PathBuf,
+}
+
+impl VmConfig {
+    /// A configuration with the defaults: 128 MiB, empty command line, 60 s,
+    /// `/dev/kvm`.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            mem_mib: layout::MEM_MIB_DEFAULT,
+            cmdline: String::new(),
+            timeout: Duration::from_secs(60),
+            kvm_path: PathBuf::from("/dev/kvm"),
+        }
+    }
+
+    /// Guest RAM in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_mib.saturating_mul(layout::MIB)
+    }
+
+    /// Checks every field that can be checked without touching the kernel
+    /// file or KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(layout::MEM_MIB_MIN..=layout::MEM_MIB_MAX).contains(&self.mem_mib) {
+            return Err(ConfigError::MemOutOfRange { mib: self.mem_mib });
+        }
+        pvh::check_cmdline(&self.cmdline)?;
+        if self.timeout.is_zero() || self.timeout > TIMEOUT_MAX {
+            return Err(ConfigError::InvalidTimeout {
+                timeout: self.timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An invalid configuration (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `mem_mib` is outside the supported range.
+    #[error(
+        "memory size {mib} MiB is out of range: --mem must be between {} and {} MiB",
+        layout::MEM_MIB_MIN,
+        layout::MEM_MIB_MAX
+    )]
+    MemOutOfRange {
+        /// The rejected size.
+        mib: u64,
+    },
+    /// The command line cannot be passed to the kernel.
+    #[error(transparent)]
+    Cmdline(#[from] BootInfoError),
+    /// The timeout is zero or absurdly long.
+    #[error(
+        "timeout {} s is invalid: it must be greater than 0 and at most {} s",
+        timeout.as_secs_f64(),
+        TIMEOUT_MAX.as_secs()
+    )]
+    InvalidTimeout {
+        /// The rejected timeout.
+        timeout: Duration,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = VmConfig::new("k");
+        assert_eq!(c.mem_mib, 128);
+        assert_eq!(c.mem_bytes(), 128 << 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn mem_range_is_enforced() {
+        for (mib, ok) in [
+            (0, false),
+            (8, false),
+            (15, false),
+            (16, true),
+            (16384, true),
+            (16385, false),
+            (100_000_000, false),
+            (u64::MAX, false),
+        ] {
+            let c = VmConfig {
+                mem_mib: mib,
+                ..VmConfig::new("k")
+            };
+            assert_eq!(c.validate().is_ok(), ok, "{mib} MiB");
+        }
+        let c = VmConfig {
+            mem_mib: 8,
+            ..VmConfig::new("k")
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "memory size 8 MiB is out of range: --mem must be between 16 and 16384 MiB"
+        );
+    }
+
+    #[test]
+    fn timeout_must_be_positive() {
+        let c = VmConfig {
+            timeout: Duration::ZERO,
+            ..VmConfig::new("k")
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InvalidTimeout { .. })
+        ));
+    }
+}

@@ -1,0 +1,378 @@
+//! Reading, checking and loading the kernel ELF.
+//!
+//! The image is checked here first, before KVM is touched, so that every
+//! bad-input case gets a precise message (which address, which RAM size).
+//! The bytes are then copied into guest memory by linux-loader's `Elf::load`,
+//! which also reports the PVH entry point from the `XEN_ELFNOTE_PHYS32_ENTRY`
+//! note.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::KernelLoader;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::layout;
+use crate::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
+
+const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+const EM_X86_64: u16 = 62;
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+
+/// Why the kernel could not be used. All of these are bad input (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read kernel {}: {}", path.display(), crate::error::io_message(source))]
+    Read {
+        /// The kernel path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not start with the ELF magic.
+    #[error("kernel {} is not an ELF file (no ELF magic at offset 0)", path.display())]
+    NotElf {
+        /// The kernel path.
+        path: PathBuf,
+    },
+    /// The file is an ELF, but not one pvrun can load.
+    #[error("kernel {} is not a loadable x86-64 ELF: {reason}", path.display())]
+    Unsupported {
+        /// The kernel path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The ELF has no PVH entry note.
+    #[error(
+        "kernel {} has no PVH entry point (no ELF note \"Xen\" of type {XEN_ELFNOTE_PHYS32_ENTRY}, \
+         XEN_ELFNOTE_PHYS32_ENTRY); pvrun boots only PVH kernels",
+        path.display()
+    )]
+    NoPvhEntry {
+        /// The kernel path.
+        path: PathBuf,
+    },
+    /// A loadable segment does not fit in guest RAM.
+    #[error(
+        "kernel {} has a segment at guest address {start:#x}..{end:#x} outside guest RAM \
+         ({mem_mib} MiB: segments must lie in {}); use a larger --mem or relink the kernel",
+        path.display(),
+        ram_ranges(*mem_bytes)
+    )]
+    SegmentOutsideRam {
+        /// The kernel path.
+        path: PathBuf,
+        /// First byte of the segment (its physical address).
+        start: u64,
+        /// One past its last byte (`p_paddr + p_memsz`, saturating).
+        end: u64,
+        /// Guest RAM size in MiB.
+        mem_mib: u64,
+        /// Guest RAM size in bytes.
+        mem_bytes: u64,
+    },
+    /// The PVH entry point is not inside guest RAM.
+    #[error(
+        "kernel {} has its PVH entry point at {entry:#x}, outside guest RAM ({mem_mib} MiB)",
+        path.display()
+    )]
+    EntryOutsideRam {
+        /// The kernel path.
+        path: PathBuf,
+        /// The entry point.
+        entry: u64,
+        /// Guest RAM size in MiB.
+        mem_mib: u64,
+    },
+    /// linux-loader refused the image.
+    #[error("cannot load kernel {}: {source}", path.display())]
+    Loader {
+        /// The kernel path.
+        path: PathBuf,
+        /// Why.
+        source: linux_loader::loader::Error,
+    },
+}
+
+/// The RAM ranges where segments may go, for messages.
+fn ram_ranges(mem_bytes: u64) -> String {
+    layout::ram_regions(mem_bytes)
+        .into_iter()
+        .map(|(start, len)| format!("{:#x}..{:#x}", start.max(layout::HIMEM_START), start + len))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Whether `[start, end)` lies inside one RAM region at or above 1 MiB.
+fn in_loadable_ram(mem_bytes: u64, start: u64, end: u64) -> bool {
+    layout::ram_regions(mem_bytes)
+        .into_iter()
+        .any(|(rs, len)| start >= rs.max(layout::HIMEM_START) && end <= rs + len && start <= end)
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// A kernel image that has been read and checked against the guest's RAM.
+#[derive(Debug)]
+pub struct KernelImage {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    pvh_entry: u64,
+}
+
+impl KernelImage {
+    /// Reads the kernel at `path` and checks it for a guest with `mem_bytes`
+    /// of RAM.
+    pub fn read(path: &Path, mem_bytes: u64) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, bytes, mem_bytes)
+    }
+
+    /// Checks an in-memory kernel image (`path` is only used in messages).
+    pub fn parse(path: &Path, bytes: Vec<u8>, mem_bytes: u64) -> Result<Self, LoadError> {
+        let unsupported = |reason: String| LoadError::Unsupported {
+            path: path.to_owned(),
+            reason,
+        };
+        if bytes.len() < 4 || bytes[..4] != ELF_MAGIC {
+            return Err(LoadError::NotElf {
+                path: path.to_owned(),
+            });
+        }
+        if bytes.len() < EHDR_SIZE {
+            return Err(unsupported(format!(
+                "file is {} bytes long, shorter than an ELF64 header",
+                bytes.len()
+            )));
+        }
+        if bytes[4] != ELFCLASS64 {
+            return Err(unsupported(format!(
+                "ELF class {} (only ELF64 is supported)",
+                bytes[4]
+            )));
+        }
+        if bytes[5] != ELFDATA2LSB {
+            return Err(unsupported("big-endian ELF".to_owned()));
+        }
+        let e_type = u16_at(&bytes, 16);
+        if e_type != ET_EXEC && e_type != ET_DYN {
+            return Err(unsupported(format!(
+                "ELF type {e_type} is not an executable"
+            )));
+        }
+        let e_machine = u16_at(&bytes, 18);
+        if e_machine != EM_X86_64 {
+            return Err(unsupported(format!(
+                "ELF machine {e_machine} is not x86-64 ({EM_X86_64})"
+            )));
+        }
+        let phoff = u64_at(&bytes, 32);
+        let phentsize = usize::from(u16_at(&bytes, 54));
+        let phnum = usize::from(u16_at(&bytes, 56));
+        if phentsize != PHDR_SIZE {
+            return Err(unsupported(format!(
+                "program header entry size {phentsize} (expected {PHDR_SIZE})"
+            )));
+        }
+        let table_end = usize::try_from(phoff)
+            .ok()
+            .filter(|&off| off >= EHDR_SIZE)
+            .and_then(|off| off.checked_add(phnum * PHDR_SIZE))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "program header table at offset {phoff:#x} ({phnum} entries) is not inside the file"
+                ))
+            })?;
+        let phoff = table_end - phnum * PHDR_SIZE;
+
+        let mut pvh_entry = None;
+        let mut loadable = 0;
+        for i in 0..phnum {
+            let ph = &bytes[phoff + i * PHDR_SIZE..phoff + (i + 1) * PHDR_SIZE];
+            let p_type = u32_at(ph, 0);
+            let p_offset = u64_at(ph, 8);
+            let p_paddr = u64_at(ph, 24);
+            let p_filesz = u64_at(ph, 32);
+            let p_memsz = u64_at(ph, 40);
+            let file_range = usize::try_from(p_offset)
+                .ok()
+                .zip(usize::try_from(p_filesz).ok())
+                .and_then(|(off, len)| Some(off..off.checked_add(len)?))
+                .filter(|r| r.end <= bytes.len())
+                .ok_or_else(|| {
+                    unsupported(format!(
+                        "segment {i} (file offset {p_offset:#x}, {p_filesz:#x} bytes) is not inside the file"
+                    ))
+                })?;
+            match p_type {
+                // linux-loader skips PT_LOAD segments with no file bytes.
+                PT_LOAD if p_filesz > 0 => {
+                    loadable += 1;
+                    let size = p_memsz.max(p_filesz);
+                    let end = p_paddr.saturating_add(size);
+                    if !in_loadable_ram(mem_bytes, p_paddr, end) {
+                        return Err(LoadError::SegmentOutsideRam {
+                            path: path.to_owned(),
+                            start: p_paddr,
+                            end,
+                            mem_mib: mem_bytes / layout::MIB,
+                            mem_bytes,
+                        });
+                    }
+                }
+                PT_NOTE if pvh_entry.is_none() => {
+                    pvh_entry = find_pvh_note(&bytes[file_range]);
+                }
+                _ => {}
+            }
+        }
+        if loadable == 0 {
+            return Err(unsupported("no loadable (PT_LOAD) segment".to_owned()));
+        }
+        let pvh_entry = pvh_entry.ok_or_else(|| LoadError::NoPvhEntry {
+            path: path.to_owned(),
+        })?;
+        if !in_loadable_ram(mem_bytes, pvh_entry, pvh_entry + 1) {
+            return Err(LoadError::EntryOutsideRam {
+                path: path.to_owned(),
+                entry: pvh_entry,
+                mem_mib: mem_bytes / layout::MIB,
+            });
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            bytes,
+            pvh_entry,
+        })
+    }
+
+    /// The PVH entry point found in the ELF notes.
+    pub fn pvh_entry(&self) -> u64 {
+        self.pvh_entry
+    }
+
+    /// Copies the loadable segments into guest memory at their physical
+    /// addresses and returns the PVH entry point.
+    pub fn load(&self, mem: &GuestMemoryMmap) -> Result<GuestAddress, LoadError> {
+        let result =
+            Elf::load(mem, None, &mut Cursor::new(&self.bytes[..]), None).map_err(|source| {
+                LoadError::Loader {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+        // linux-loader keeps the answer of the *last* PT_NOTE segment, so an
+        // image whose PVH note is in an earlier one reads as "not present";
+        // our own scan above has the note either way.
+        Ok(match result.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => addr,
+            _ => GuestAddress(self.pvh_entry),
+        })
+    }
+}
+
+/// Looks for the `XEN_ELFNOTE_PHYS32_ENTRY` note (name "Xen") in the bytes of
+/// a PT_NOTE segment and returns the 32-bit entry it carries.
+fn find_pvh_note(notes: &[u8]) -> Option<u64> {
+    let align4 = |n: usize| n.checked_add(3).map(|n| n & !3);
+    let mut off = 0usize;
+    while off.checked_add(12)? <= notes.len() {
+        let namesz = u32_at(notes, off) as usize;
+        let descsz = u32_at(notes, off + 4) as usize;
+        let n_type = u32_at(notes, off + 8);
+        let name_off = off + 12;
+        let desc_off = name_off.checked_add(align4(namesz)?)?;
+        let next = desc_off.checked_add(align4(descsz)?)?;
+        if desc_off.checked_add(descsz)? > notes.len() {
+            return None;
+        }
+        if n_type == XEN_ELFNOTE_PHYS32_ENTRY
+            && &notes[name_off..name_off + namesz] == b"Xen\0"
+            && descsz >= 4
+        {
+            return Some(u64::from(u32_at(notes, desc_off)));
+        }
+        off = next;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(name: &[u8], n_type: u32, desc: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        v.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        v.extend_from_slice(&n_type.to_le_bytes());
+        v.extend_from_slice(name);
+        v.resize(v.len().next_multiple_of(4), 0);
+        v.extend_from_slice(desc);
+        v.resize(v.len().next_multiple_of(4), 0);
+        v
+    }
+
+    #[test]
+    fn finds_the_pvh_note_among_others() {
+        let mut notes = note(b"GNU\0", 3, &[1, 2, 3, 4, 5, 6, 7]);
+        notes.extend(note(b"Xen\0", 6, b"linux\0"));
+        notes.extend(note(b"Xen\0", 18, &0x10_0040u64.to_le_bytes()));
+        assert_eq!(find_pvh_note(&notes), Some(0x10_0040));
+        assert_eq!(
+            find_pvh_note(&note(b"Xen\0", 18, &[0x10, 0, 0x20, 0])),
+            Some(0x20_0010)
+        );
+        assert_eq!(find_pvh_note(&note(b"Xen\0", 17, &[0; 4])), None);
+        assert_eq!(find_pvh_note(&note(b"Xe\0", 18, &[0; 4])), None);
+        assert_eq!(find_pvh_note(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_elf() {
+        let p = Path::new("k");
+        assert!(matches!(
+            KernelImage::parse(p, b"hello world".to_vec(), 128 << 20),
+            Err(LoadError::NotElf { .. })
+        ));
+        assert!(matches!(
+            KernelImage::parse(p, b"\x7fELF".to_vec(), 128 << 20),
+            Err(LoadError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn loadable_ram_respects_himem_and_the_gap() {
+        let m = 128 << 20;
+        assert!(in_loadable_ram(m, 0x10_0000, 0x20_0000));
+        assert!(!in_loadable_ram(m, 0x8_0000, 0x9_0000));
+        assert!(!in_loadable_ram(m, 0x10_0000, m + 1));
+        let big = 8 << 30;
+        assert!(!in_loadable_ram(big, 0xfff0_0000, 0x1_0000_1000));
+        assert!(in_loadable_ram(big, 0x1_0000_0000, 0x1_0000_1000));
+    }
+}

@@ -1,0 +1,363 @@
+//! The outer layer of the exit loop: the per-vCPU run-state machine, the
+//! vCPU threads, and the watchdog that stops them.
+//!
+//! Layers, innermost first:
+//! 1. [`Vcpu::run`]: one `KVM_RUN`.
+//! 2. [`handle_exit`]: a pure map from the exit to an [`ExitAction`].
+//! 3. [`VcpuRunner`]: the state machine that turns actions (and `KVM_RUN`
+//!    errors) into the next [`RunState`], reading vCPU state for crash
+//!    reports.
+//!
+//! Stopping a vCPU that is inside `KVM_RUN` (guest in `cli; hlt`, a spin
+//! loop, or a `vmcall` that this host never returns from) follows the usual
+//! KVM recipe: set the shared stop flag, then send the vCPU thread a
+//! real-time signal. The signal makes a blocked `KVM_RUN` return `EINTR`; its
+//! handler also sets `kvm_run.immediate_exit`, so a signal that lands just
+//! before `KVM_RUN` is entered still makes it return at once.
+
+use std::cell::Cell;
+use std::os::raw::{c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_run;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::{DeviceStats, Devices};
+use crate::error::{Error, GuestError};
+use crate::exit::{handle_exit, ExitAction};
+use crate::vcpu::Vcpu;
+use crate::vm::{SetupError, Vm};
+
+/// Offset from `SIGRTMIN` of the signal that kicks a vCPU out of `KVM_RUN`.
+pub const VCPU_KICK_SIGNAL_OFFSET: c_int = 0;
+/// How long the watchdog waits for kicked vCPUs to come back before it
+/// gives up on them.
+pub const KICK_GRACE: Duration = Duration::from_millis(500);
+/// How often a vCPU that has not come back is signalled again.
+const KICK_INTERVAL: Duration = Duration::from_millis(20);
+
+thread_local! {
+    /// This thread's vCPU `kvm_run` mapping, for the kick signal handler.
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick signal handler. It runs on the vCPU thread (the signal is sent
+/// with `pthread_kill`); interrupting `KVM_RUN` is the signal's own effect,
+/// and setting `immediate_exit` covers the window before `KVM_RUN` is entered.
+extern "C" fn kick_handler(_num: c_int, _info: *mut libc::siginfo_t, _ctx: *mut c_void) {
+    // `try_with` cannot panic; the key has no destructor, so it is never
+    // in the "being destroyed" state anyway.
+    let _ = KVM_RUN_PTR.try_with(|ptr| {
+        let run = ptr.get();
+        if !run.is_null() {
+            // SAFETY: `run` was stored by this same thread from its live
+            // vCPU's `kvm_run` mapping and is reset to null before that vCPU
+            // is dropped (see `VcpuRunner::run`), so it points to mapped
+            // memory. Only the one-byte `immediate_exit` field is written,
+            // with a volatile store through the raw pointer (no reference is
+            // created), which is what `VcpuFd::set_kvm_immediate_exit` does;
+            // the kernel reads it at the next KVM_RUN entry.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs [`kick_handler`] once per process.
+fn install_kick_handler() -> Result<c_int, SetupError> {
+    static INSTALLED: OnceLock<Result<c_int, i32>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let signum = SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET;
+            register_signal_handler(signum, kick_handler)
+                .map(|()| signum)
+                .map_err(|e| e.errno())
+        })
+        .map_err(|errno| SetupError::SignalHandler(std::io::Error::from_raw_os_error(errno)))
+}
+
+fn lock(devices: &Mutex<Devices>) -> MutexGuard<'_, Devices> {
+    // A poisoned lock only means another vCPU thread panicked mid-access;
+    // the devices are still usable for reporting.
+    devices
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a vCPU stopped.
+#[derive(Debug)]
+pub enum VcpuStop {
+    /// The guest wrote this value to the debug-exit port.
+    DebugExit(u32),
+    /// The guest crashed.
+    Crashed(GuestError),
+    /// The watchdog stopped it; RIP if it could be read.
+    Kicked {
+        /// Where the vCPU was.
+        rip: Option<u64>,
+    },
+}
+
+/// The state of one vCPU's run loop.
+#[derive(Debug)]
+pub enum RunState {
+    /// Keep entering the guest.
+    Running,
+    /// Done, for this reason.
+    Stopped(VcpuStop),
+}
+
+/// Runs one vCPU until it stops: the run-state machine.
+#[derive(Debug)]
+pub struct VcpuRunner {
+    vcpu: Vcpu,
+    devices: Arc<Mutex<Devices>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VcpuRunner {
+    /// A runner for `vcpu`, serving exits on `devices`, stopping when `stop`
+    /// is set.
+    pub fn new(vcpu: Vcpu, devices: Arc<Mutex<Devices>>, stop: Arc<AtomicBool>) -> Self {
+        VcpuRunner {
+            vcpu,
+            devices,
+            stop,
+        }
+    }
+
+    /// One transition: enter the guest once and decide what comes next.
+    pub fn step(&mut self) -> RunState {
+        if self.stop.load(Ordering::Acquire) {
+            return RunState::Stopped(VcpuStop::Kicked {
+                rip: self.vcpu.rip(),
+            });
+        }
+        let action = match self.vcpu.run() {
+            Ok(exit) => handle_exit(exit, &mut lock(&self.devices)),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked (or a stray signal): clear the flag the handler may
+                // have set, then let the stop check above decide.
+                self.vcpu.set_immediate_exit(false);
+                return RunState::Running;
+            }
+            Err(e) => {
+                return RunState::Stopped(VcpuStop::Crashed(GuestError::RunFailed {
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                    rip: self.vcpu.rip(),
+                }))
+            }
+        };
+        let crashed = |e| RunState::Stopped(VcpuStop::Crashed(e));
+        match action {
+            ExitAction::Continue => RunState::Running,
+            ExitAction::DebugExit(value) => RunState::Stopped(VcpuStop::DebugExit(value)),
+            ExitAction::Shutdown => crashed(GuestError::TripleFault {
+                regs: self.vcpu.registers().map(Box::new),
+            }),
+            ExitAction::InternalError => {
+                let info = self.vcpu.internal_error_info().unwrap_or_default();
+                crashed(GuestError::InternalError {
+                    suberror: info.suberror,
+                    data: info.data,
+                    regs: self.vcpu.registers().map(Box::new),
+                })
+            }
+            ExitAction::FailEntry { reason, cpu } => crashed(GuestError::FailEntry {
+                reason,
+                cpu,
+                rip: self.vcpu.rip(),
+            }),
+            ExitAction::Unexpected(what) => crashed(GuestError::UnexpectedExit {
+                what,
+                rip: self.vcpu.rip(),
+            }),
+        }
+    }
+
+    /// Steps until the vCPU stops. Must run on the thread the watchdog
+    /// signals.
+    pub fn run(mut self) -> VcpuStop {
+        KVM_RUN_PTR.with(|p| p.set(self.vcpu.kvm_run_ptr()));
+        let stop = loop {
+            if let RunState::Stopped(stop) = self.step() {
+                break stop;
+            }
+        };
+        // Before the vCPU (and its kvm_run mapping) can be dropped.
+        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        stop
+    }
+}
+
+/// How a guest ended on its own terms: it wrote to the debug-exit port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestExit {
+    /// The value written to port 0xf4.
+    pub value: u32,
+    /// The process status to exit with: `(value << 1) | 1`, as QEMU's
+    /// isa-debug-exit (the OS keeps only its low 8 bits).
+    pub status: i32,
+    /// Device traffic counters.
+    pub stats: DeviceStats,
+}
+
+impl GuestExit {
+    /// The result of a guest that wrote `value` to the debug-exit port.
+    pub fn from_value(value: u32, stats: DeviceStats) -> Self {
+        GuestExit {
+            value,
+            status: (value.wrapping_shl(1) | 1) as i32,
+            stats,
+        }
+    }
+}
+
+/// Runs `vcpus` on their own threads until one of them stops, then stops the
+/// others; the watchdog stops all of them after `timeout`.
+///
+/// A vCPU thread that does not come back from `KVM_RUN` within
+/// [`KICK_GRACE`] of being signalled is left behind (detached, still owning
+/// its share of the VM so guest memory stays mapped); the caller is expected
+/// to exit the process soon after.
+pub fn run_vcpus(
+    vm: Arc<Vm>,
+    vcpus: Vec<Vcpu>,
+    devices: Arc<Mutex<Devices>>,
+    timeout: Duration,
+) -> Result<GuestExit, Error> {
+    let signum = install_kick_handler()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(usize, VcpuStop)>();
+    let mut threads: Vec<Option<JoinHandle<()>>> = Vec::with_capacity(vcpus.len());
+
+    for (slot, vcpu) in vcpus.into_iter().enumerate() {
+        let (vm, devices, vcpu_stop, tx) = (vm.clone(), devices.clone(), stop.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.index()))
+            .spawn(move || {
+                let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop).run();
+                let _ = tx.send((slot, outcome));
+                // The vCPU is gone now; only then may the memory go.
+                drop(vm);
+            });
+        match spawned {
+            Ok(handle) => threads.push(Some(handle)),
+            Err(e) => {
+                stop_all(&stop, &mut threads, &rx, signum);
+                return Err(SetupError::SpawnThread(e).into());
+            }
+        }
+    }
+    drop(tx);
+
+    let first = match rx.recv_timeout(timeout) {
+        Ok((slot, outcome)) => {
+            join(&mut threads[slot]);
+            Some(outcome)
+        }
+        Err(RecvTimeoutError::Timeout) => None,
+        Err(RecvTimeoutError::Disconnected) => {
+            for t in threads.iter_mut() {
+                join(t);
+            }
+            return Err(SetupError::VcpuThreadPanicked.into());
+        }
+    };
+    let rest = stop_all(&stop, &mut threads, &rx, signum);
+    let stuck = threads.iter().any(Option::is_some);
+
+    // The final serial flush; a stuck thread might hold the lock, so only try.
+    let stats = match devices.try_lock() {
+        Ok(mut d) => {
+            d.flush();
+            d.stats()
+        }
+        Err(std::sync::TryLockError::Poisoned(p)) => {
+            let mut d = p.into_inner();
+            d.flush();
+            d.stats()
+        }
+        Err(std::sync::TryLockError::WouldBlock) => DeviceStats::default(),
+    };
+
+    // A vCPU that stopped on its own wins over the watchdog, even if it
+    // reported during the grace period.
+    let mut kicked_rip = None;
+    for outcome in first.into_iter().chain(rest) {
+        match outcome {
+            VcpuStop::DebugExit(value) => return Ok(GuestExit::from_value(value, stats)),
+            VcpuStop::Crashed(e) => return Err(e.into()),
+            VcpuStop::Kicked { rip } => kicked_rip = kicked_rip.or(rip),
+        }
+    }
+    Err(Error::Timeout {
+        timeout,
+        rip: kicked_rip,
+        stuck,
+    })
+}
+
+fn join(thread: &mut Option<JoinHandle<()>>) {
+    if let Some(handle) = thread.take() {
+        // The thread has already sent its outcome; a panic after that is
+        // not worth reporting.
+        let _ = handle.join();
+    }
+}
+
+/// Sets the stop flag and signals every vCPU thread still running until it
+/// reports, for at most [`KICK_GRACE`]. Returns the outcomes received; the
+/// threads that did not report stay in `threads`.
+fn stop_all(
+    stop: &AtomicBool,
+    threads: &mut [Option<JoinHandle<()>>],
+    rx: &mpsc::Receiver<(usize, VcpuStop)>,
+    signum: c_int,
+) -> Vec<VcpuStop> {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + KICK_GRACE;
+    let mut outcomes = Vec::new();
+    while threads.iter().any(Option::is_some) {
+        for handle in threads.iter().flatten() {
+            // Fails only if the thread has already exited, which is fine.
+            let _ = handle.kill(signum);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match rx.recv_timeout(KICK_INTERVAL.min(deadline - now)) {
+            Ok((slot, outcome)) => {
+                join(&mut threads[slot]);
+                outcomes.push(outcome);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            // Every remaining thread died without reporting.
+            Err(RecvTimeoutError::Disconnected) => {
+                for t in threads.iter_mut() {
+                    join(t);
+                }
+                break;
+            }
+        }
+    }
+    outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_exit_status_is_qemu_compatible() {
+        let s = DeviceStats::default();
+        assert_eq!(GuestExit::from_value(0, s).status, 1);
+        assert_eq!(GuestExit::from_value(3, s).status, 7);
+        assert_eq!(GuestExit::from_value(0x7f, s).status & 0xff, 0xff);
+        assert_eq!(GuestExit::from_value(0x80, s).status & 0xff, 0x01);
+    }
+}

@@ -1,0 +1,280 @@
+//! Opening KVM and building the VM: guest memory, the in-kernel irqchip and
+//! PIT, and its vCPUs.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::error::io_message;
+use crate::layout;
+use crate::vcpu::Vcpu;
+
+/// The KVM API version pvrun speaks (`KVM_GET_API_VERSION`; stable since 2.6.22).
+pub const KVM_API_VERSION: i32 = 12;
+
+/// Capabilities pvrun cannot run without.
+const REQUIRED_CAPS: [(Cap, &str); 5] = [
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+
+/// KVM cannot be used (exit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// The device node does not exist.
+    #[error(
+        "KVM device {} not found: {}; check that KVM is enabled (kvm_intel or kvm_amd loaded, \
+         virtualization turned on in the firmware) or pass --kvm",
+        path.display(),
+        io_message(source)
+    )]
+    NotFound {
+        /// The device path.
+        path: PathBuf,
+        /// The open error.
+        source: std::io::Error,
+    },
+    /// The device exists but we may not open it.
+    #[error(
+        "permission denied opening KVM device {}: add this user to the 'kvm' group \
+         (or check the device's permissions)",
+        path.display()
+    )]
+    PermissionDenied {
+        /// The device path.
+        path: PathBuf,
+    },
+    /// Opening failed another way.
+    #[error("cannot open KVM device {}: {}", path.display(), io_message(source))]
+    Open {
+        /// The device path.
+        path: PathBuf,
+        /// The open error.
+        source: std::io::Error,
+    },
+    /// The file opened, but it does not answer KVM ioctls.
+    #[error(
+        "{} is not a KVM device (KVM_GET_API_VERSION failed: {})",
+        path.display(),
+        io_message(source)
+    )]
+    NotKvm {
+        /// The device path.
+        path: PathBuf,
+        /// The ioctl error.
+        source: std::io::Error,
+    },
+    /// KVM answers with an API version we do not speak.
+    #[error("KVM device {} has API version {got}; pvrun needs {KVM_API_VERSION}", path.display())]
+    ApiVersion {
+        /// The device path.
+        path: PathBuf,
+        /// The version it reported.
+        got: i32,
+    },
+    /// A capability pvrun needs is missing.
+    #[error("KVM device {} lacks the required capability {cap}", path.display())]
+    MissingCap {
+        /// The device path.
+        path: PathBuf,
+        /// The capability's name.
+        cap: &'static str,
+    },
+}
+
+/// Building the VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A KVM ioctl failed while building the VM or its vCPUs (exit 3: this
+    /// KVM cannot run the guest).
+    #[error("KVM refused to {what}: {}", io_message(source))]
+    KvmIoctl {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The guest memory could not be allocated (exit 70).
+    #[error("cannot allocate {mem_mib} MiB of guest memory: {reason}")]
+    GuestMemory {
+        /// The requested size.
+        mem_mib: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The boot information could not be written (exit 70).
+    #[error("cannot write the PVH boot information: {0}")]
+    BootInfo(#[from] crate::pvh::BootInfoError),
+    /// The boot GDT could not be written (exit 70).
+    #[error("cannot write the boot GDT: {0}")]
+    Gdt(vm_memory::GuestMemoryError),
+    /// The vCPU thread could not be started (exit 70).
+    #[error("cannot start the vCPU thread: {}", io_message(.0))]
+    SpawnThread(std::io::Error),
+    /// The watchdog signal handler could not be installed (exit 70).
+    #[error("cannot install the vCPU signal handler: {}", io_message(.0))]
+    SignalHandler(std::io::Error),
+    /// The vCPU thread died without reporting (exit 70).
+    #[error("the vCPU thread panicked")]
+    VcpuThreadPanicked,
+}
+
+impl SetupError {
+    /// Whether this failure means KVM refused something (exit 3) rather than
+    /// pvrun failing on its own (exit 70).
+    pub fn is_kvm_refusal(&self) -> bool {
+        matches!(self, SetupError::KvmIoctl { .. })
+    }
+
+    /// A `KvmIoctl` error from a kvm-ioctls error.
+    pub fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SetupError {
+        move |e| SetupError::KvmIoctl {
+            what,
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        }
+    }
+}
+
+/// Opens the KVM device at `path` and checks the API version and the
+/// capabilities pvrun needs.
+pub fn open_kvm(path: &Path) -> Result<Kvm, KvmError> {
+    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| KvmError::Open {
+        path: path.to_owned(),
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
+    let kvm = Kvm::new_with_path(&cpath).map_err(|e| {
+        let source = std::io::Error::from_raw_os_error(e.errno());
+        match e.errno() {
+            libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::NotFound {
+                path: path.to_owned(),
+                source,
+            },
+            libc::EACCES | libc::EPERM => KvmError::PermissionDenied {
+                path: path.to_owned(),
+            },
+            _ => KvmError::Open {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    })?;
+    let version = kvm.get_api_version();
+    if version < 0 {
+        // kvm-ioctls returns the raw ioctl result; errno is still that of the
+        // failed ioctl.
+        return Err(KvmError::NotKvm {
+            path: path.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if version != KVM_API_VERSION {
+        return Err(KvmError::ApiVersion {
+            path: path.to_owned(),
+            got: version,
+        });
+    }
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(cap) {
+            return Err(KvmError::MissingCap {
+                path: path.to_owned(),
+                cap: name,
+            });
+        }
+    }
+    Ok(kvm)
+}
+
+/// A VM: its KVM handles and its guest memory.
+///
+/// The memory must outlive every vCPU that may still run, which is why the
+/// vCPU thread holds an `Arc<Vm>`.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+    mem_bytes: u64,
+}
+
+impl Vm {
+    /// Creates the VM with `mem_bytes` of RAM laid out as by
+    /// [`layout::ram_regions`], the in-kernel irqchip and a PIT. The irqchip
+    /// exists before any vCPU is created, so every vCPU gets a LAPIC.
+    pub fn new(kvm: Kvm, mem_bytes: u64) -> Result<Self, SetupError> {
+        let fd = kvm.create_vm().map_err(SetupError::ioctl("create a VM"))?;
+
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_bytes)
+            .into_iter()
+            .map(|(start, len)| (GuestAddress(start), len as usize))
+            .collect();
+        let memory =
+            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| SetupError::GuestMemory {
+                mem_mib: mem_bytes / layout::MIB,
+                reason: e.to_string(),
+            })?;
+        for (slot, region) in memory.iter().enumerate() {
+            let mem_region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the host range [userspace_addr, +memory_size) is a live
+            // mapping owned by `memory`, which lives in this `Vm` as long as
+            // the VM fd does (fields drop in declaration order: `fd` before
+            // `memory`), and slots do not overlap because the regions do not.
+            unsafe { fd.set_user_memory_region(mem_region) }
+                .map_err(SetupError::ioctl("register guest memory"))?;
+        }
+
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(SetupError::ioctl("set the TSS address"))?;
+        fd.create_irq_chip()
+            .map_err(SetupError::ioctl("create the in-kernel irqchip"))?;
+        let pit_config = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit_config)
+            .map_err(SetupError::ioctl("create the PIT"))?;
+
+        Ok(Vm {
+            kvm,
+            fd,
+            memory,
+            mem_bytes,
+        })
+    }
+
+    /// Creates vCPU number `index` (its APIC id is the same number).
+    pub fn create_vcpu(&self, index: u8) -> Result<Vcpu, SetupError> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(SetupError::ioctl("create a vCPU"))?;
+        Ok(Vcpu::new(index, fd))
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The `/dev/kvm` handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// Guest RAM size in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_bytes
+    }
+}

@@ -1,0 +1,332 @@
+//! Helpers for the integration tests: a tiny ELF64 builder, hand-assembled
+//! 32-bit guests, and a runner for the `pvrun` binary that never hangs.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the test kernels are linked (and entered).
+pub const LOAD_ADDR: u64 = 0x10_0000;
+
+/// The PVH note to put in the ELF.
+#[derive(Clone, Copy, Debug)]
+pub enum PvhNote {
+    /// No PT_NOTE at all.
+    Omit,
+    /// A 4-byte descriptor with this entry.
+    Entry32(u32),
+    /// An 8-byte descriptor with this entry.
+    Entry64(u64),
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct ElfSpec {
+    /// Bytes of the single PT_LOAD segment.
+    pub code: Vec<u8>,
+    /// Physical (and virtual) address of that segment.
+    pub paddr: u64,
+    /// The PVH entry note.
+    pub note: PvhNote,
+}
+
+impl ElfSpec {
+    /// A kernel at 1 MiB entered at its first byte through a 4-byte note.
+    pub fn new(code: &[u8]) -> Self {
+        ElfSpec {
+            code: code.to_vec(),
+            paddr: LOAD_ADDR,
+            note: PvhNote::Entry32(LOAD_ADDR as u32),
+        }
+    }
+}
+
+fn note_bytes(note: PvhNote) -> Option<Vec<u8>> {
+    let desc = match note {
+        PvhNote::Omit => return None,
+        PvhNote::Entry32(e) => e.to_le_bytes().to_vec(),
+        PvhNote::Entry64(e) => e.to_le_bytes().to_vec(),
+    };
+    let mut v = Vec::new();
+    v.extend_from_slice(&4u32.to_le_bytes()); // namesz ("Xen\0")
+    v.extend_from_slice(&(desc.len() as u32).to_le_bytes()); // descsz
+    v.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    v.extend_from_slice(b"Xen\0");
+    v.extend_from_slice(&desc);
+    Some(v)
+}
+
+/// Builds an ET_EXEC, EM_X86_64 ELF64 with one PT_LOAD (and maybe a PT_NOTE).
+pub fn build_elf(spec: &ElfSpec) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    const CODE_OFFSET: usize = 0x1000;
+    let note = note_bytes(spec.note);
+    let phnum = 1 + usize::from(note.is_some());
+    let note_offset = EHDR + phnum * PHDR;
+
+    let mut f = vec![0u8; CODE_OFFSET];
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI.
+    f[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+    let put16 =
+        |f: &mut Vec<u8>, off: usize, v: u16| f[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |f: &mut Vec<u8>, off: usize, v: u32| f[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |f: &mut Vec<u8>, off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put16(&mut f, 16, 2); // e_type = ET_EXEC
+    put16(&mut f, 18, 62); // e_machine = EM_X86_64
+    put32(&mut f, 20, 1); // e_version
+    put64(&mut f, 24, spec.paddr); // e_entry
+    put64(&mut f, 32, EHDR as u64); // e_phoff
+    put64(&mut f, 40, 0); // e_shoff
+    put32(&mut f, 48, 0); // e_flags
+    put16(&mut f, 52, EHDR as u16); // e_ehsize
+    put16(&mut f, 54, PHDR as u16); // e_phentsize
+    put16(&mut f, 56, phnum as u16); // e_phnum
+    put16(&mut f, 58, 64); // e_shentsize
+    put16(&mut f, 60, 0); // e_shnum
+    put16(&mut f, 62, 0); // e_shstrndx
+
+    // PT_LOAD, R+X.
+    let ph = EHDR;
+    put32(&mut f, ph, 1);
+    put32(&mut f, ph + 4, 5);
+    put64(&mut f, ph + 8, CODE_OFFSET as u64);
+    put64(&mut f, ph + 16, spec.paddr);
+    put64(&mut f, ph + 24, spec.paddr);
+    put64(&mut f, ph + 32, spec.code.len() as u64);
+    put64(&mut f, ph + 40, spec.code.len() as u64);
+    put64(&mut f, ph + 48, 0x1000);
+
+    if let Some(note) = &note {
+        let ph = EHDR + PHDR;
+        put32(&mut f, ph, 4); // PT_NOTE
+        put32(&mut f, ph + 4, 4);
+        put64(&mut f, ph + 8, note_offset as u64);
+        put64(&mut f, ph + 16, 0);
+        put64(&mut f, ph + 24, 0);
+        put64(&mut f, ph + 32, note.len() as u64);
+        put64(&mut f, ph + 40, note.len() as u64);
+        put64(&mut f, ph + 48, 4);
+        f[note_offset..note_offset + note.len()].copy_from_slice(note);
+    }
+    assert!(note_offset + note.map_or(0, |n| n.len()) <= CODE_OFFSET);
+    f.extend_from_slice(&spec.code);
+    f
+}
+
+/// Hand-assembled 32-bit guest code.
+pub mod asm {
+    /// `mov al, v; out 0xf4, al; hlt`
+    pub fn debug_exit(v: u8) -> Vec<u8> {
+        vec![0xb0, v, 0xe6, 0xf4, 0xf4]
+    }
+
+    /// `mov dx, 0x3f8; (mov al, b; out dx, al)*`
+    pub fn serial_write(text: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x66, 0xba, 0xf8, 0x03];
+        for b in text {
+            v.extend_from_slice(&[0xb0, *b, 0xee]);
+        }
+        v
+    }
+
+    /// `lidt [LOAD_ADDR + 0x100]` (a descriptor with limit 0), then `ud2`:
+    /// #UD cannot be delivered, nor #GP, nor #DF → triple fault.
+    pub fn triple_fault() -> Vec<u8> {
+        let desc_addr = (super::LOAD_ADDR + 0x100) as u32;
+        let mut v = vec![0x0f, 0x01, 0x1d];
+        v.extend_from_slice(&desc_addr.to_le_bytes());
+        v.extend_from_slice(&[0x0f, 0x0b]); // ud2
+        v.resize(0x100, 0x90);
+        v.extend_from_slice(&[0; 6]); // IDT descriptor: limit 0, base 0
+        v
+    }
+
+    /// `mov eax, addr; jmp eax`
+    pub fn jump_to(addr: u32) -> Vec<u8> {
+        let mut v = vec![0xb8];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v.extend_from_slice(&[0xff, 0xe0]);
+        v
+    }
+
+    /// `cli; hlt; jmp $-1` (back to the hlt)
+    pub fn cli_hlt() -> Vec<u8> {
+        vec![0xfa, 0xf4, 0xeb, 0xfd]
+    }
+
+    /// `jmp $`
+    pub fn spin() -> Vec<u8> {
+        vec![0xeb, 0xfe]
+    }
+
+    /// `vmcall; jmp $`
+    pub fn vmcall() -> Vec<u8> {
+        vec![0x0f, 0x01, 0xc1, 0xeb, 0xfe]
+    }
+}
+
+/// A fresh scratch directory for one test, under cargo's target/tmp (so
+/// `cargo clean` removes it).
+pub fn scratch_dir(test: &str) -> PathBuf {
+    scratch_dir_in(Path::new(env!("CARGO_TARGET_TMPDIR")), test)
+}
+
+/// A fresh, world-readable scratch directory for one test under `base`.
+pub fn scratch_dir_in(base: &Path, test: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = base.join(format!(
+        "pvrun-test-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        test
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    set_mode(&dir, 0o755);
+    dir
+}
+
+/// chmod.
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Writes `bytes` to a world-readable file `name` in a scratch directory.
+pub fn write_file(test: &str, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = scratch_dir(test).join(name);
+    std::fs::write(&path, bytes).unwrap();
+    set_mode(&path, 0o644);
+    path
+}
+
+/// Builds `spec` into a kernel file.
+pub fn kernel(test: &str, spec: &ElfSpec) -> PathBuf {
+    write_file(test, "kernel.elf", &build_elf(spec))
+}
+
+/// What a run of the binary produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The exit code (panics if killed by a signal).
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("pvrun was killed by a signal: {self:?}"))
+    }
+
+    /// Asserts the exit code and that stderr is exactly one line
+    /// `pvrun: error: ...` containing every one of `words`.
+    pub fn assert_error(&self, code: i32, words: &[&str]) {
+        assert_eq!(self.code(), code, "exit status; {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "stderr must be one line; {self:#?}");
+        assert!(self.stderr.ends_with('\n'), "{self:#?}");
+        assert!(
+            lines[0].starts_with("pvrun: error: "),
+            "stderr must start with 'pvrun: error: '; {self:#?}"
+        );
+        for w in words {
+            assert!(lines[0].contains(w), "stderr must contain {w:?}; {self:#?}");
+        }
+    }
+}
+
+/// The binary under test.
+pub fn pvrun_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pvrun")
+}
+
+/// Runs `cmd` with a hard limit, killing it if it overstays (the test then
+/// fails instead of hanging).
+pub fn run_cmd(mut cmd: Command, limit: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pvrun");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            panic!(
+                "pvrun did not exit within {limit:?} (killed: {status:?}); stderr so far: {}",
+                err_reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = start.elapsed();
+    Outcome {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+        elapsed,
+    }
+}
+
+/// Runs `pvrun args...` with a 20 s hard limit.
+pub fn pvrun(args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(pvrun_bin());
+    cmd.args(args);
+    run_cmd(cmd, Duration::from_secs(20))
+}
+
+/// Runs `pvrun args... kernel`.
+pub fn pvrun_kernel(kernel: &Path, args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(pvrun_bin());
+    cmd.args(args).arg(kernel);
+    run_cmd(cmd, Duration::from_secs(20))
+}
+
+/// True if /dev/kvm exists; otherwise prints a loud SKIP line for `test`.
+pub fn have_kvm(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        true
+    } else {
+        skip(&format!("/dev/kvm absent: {test}"));
+        false
+    }
+}
+
+/// Prints a SKIP line straight to the process's stderr, past the test harness's
+/// output capture, so a skipped test is visible in every run.
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIP: {why}");
+}

@@ -1,0 +1,101 @@
+//! Tests of the library API (`pvrun::run`) with crafted guests.
+
+mod common;
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{asm, have_kvm, kernel, ElfSpec};
+use pvrun::{Error, VmConfig};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that never returns: the host side of a pipe nobody reads.
+struct Blocked;
+
+impl Write for Blocked {
+    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        loop {
+            std::thread::park();
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn run_reports_the_debug_exit_and_serial_output() {
+    if !have_kvm("run_reports_the_debug_exit_and_serial_output") {
+        return;
+    }
+    let mut code = asm::serial_write(b"hello\n");
+    code.extend(asm::debug_exit(3));
+    let config = VmConfig::new(kernel("lib-exit", &ElfSpec::new(&code)));
+    let out = Captured::default();
+    let exit = pvrun::run(&config, Box::new(out.clone())).unwrap();
+    assert_eq!((exit.value, exit.status), (3, 7));
+    assert_eq!(exit.stats.serial_bytes, 6);
+    assert_eq!(exit.stats.unknown_pio, 0);
+    assert_eq!(out.0.lock().unwrap().as_slice(), b"hello\n");
+}
+
+#[test]
+fn run_errors_carry_their_exit_codes() {
+    let config = VmConfig {
+        mem_mib: 8,
+        ..VmConfig::new("/nonexistent")
+    };
+    let err = pvrun::run(&config, Box::new(io::sink())).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert_eq!(err.exit_code(), 2);
+
+    let config = VmConfig {
+        kvm_path: "/nonexistent-kvm".into(),
+        ..VmConfig::new(kernel("lib-nokvm", &ElfSpec::new(&asm::debug_exit(0))))
+    };
+    let err = pvrun::run(&config, Box::new(io::sink())).unwrap_err();
+    assert!(matches!(err, Error::Kvm(_)), "{err:?}");
+    assert_eq!(err.exit_code(), 6);
+}
+
+#[test]
+fn watchdog_gives_up_on_a_vcpu_that_never_comes_back() {
+    if !have_kvm("watchdog_gives_up_on_a_vcpu_that_never_comes_back") {
+        return;
+    }
+    // The guest prints a line and spins; the vCPU thread blocks forever in
+    // the serial writer (holding the device lock), so the kick cannot bring
+    // it back and the watchdog must give up after its grace period.
+    let mut code = asm::serial_write(b"x\n");
+    code.extend(asm::spin());
+    let config = VmConfig {
+        timeout: Duration::from_millis(300),
+        ..VmConfig::new(kernel("lib-stuck", &ElfSpec::new(&code)))
+    };
+    let start = Instant::now();
+    let err = pvrun::run(&config, Box::new(Blocked)).unwrap_err();
+    let elapsed = start.elapsed();
+    match &err {
+        Error::Timeout { rip, stuck, .. } => {
+            assert!(*stuck, "{err:?}");
+            assert_eq!(*rip, None, "{err:?}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(err.exit_code(), 124);
+    assert!(err.to_string().contains("did not come back"), "{err}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
