@@ -12,8 +12,9 @@ fn available(name: &str) -> Option<&'static Platform> {
     match p.availability() {
         Ok(()) => Some(p),
         Err(why) => {
-            eprintln!("SKIP: {name}: {why}");
-            println!("SKIP: {name}: {why}");
+            // Straight to stderr, past the harness's capture: a skip is never silent.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "SKIP: {name}: {why}");
             None
         }
     }

@@ -69,6 +69,7 @@ pvh_start32:
     cli
     cld
     mov esi, ebx                      /* keep hvm_start_info */
+    mov esp, offset boot_stack_top    /* PVH promises no stack */
 
     /* Zero .bss (the boot page tables live there). */
     mov edi, offset __bss_start
