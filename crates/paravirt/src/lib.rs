@@ -5,22 +5,138 @@
 //!
 //! | group | module | what it replaces |
 //! |-------|--------|------------------|
-//! | cpu | [`cpu`] | `cpuid`, `rdmsr`/`wrmsr`, control registers, `lgdt`/`lidt`/`ltr`, `wbinvd` |
+//! | cpu | [`cpu`] | `cpuid`, `rdmsr`/`wrmsr`, control registers, `lgdt`/`lidt`/`ltr`, `wbinvd`, port-0x80 delay |
 //! | irq | [`irq`] | `pushf`/`popf`, `cli`/`sti`, `sti; hlt`, `hlt` |
-//! | mmu | [`mmu`] | `cr2`/`cr3`, page-table writes, `invlpg` |
+//! | mmu | [`mmu`] | `cr2`/`cr3`, page-table writes, `invlpg`, TLB shootdown, lazy batching |
+//! | time | [`time`] | TSC-based clocks, steal time, the RTC |
+//! | apic | [`apic`] | EOI and IPIs |
+//! | lock | [`lock`] | paravirtual spinlock wait/kick |
 //! | console | [`console`] | early serial output |
 //! | power | [`power`] | shutdown and reboot |
 //!
-//! A *backend* maps the API onto one hypervisor's ABI; the native backend maps it
-//! onto the bare instructions. The kernel calls the free functions of each group
-//! module (`paravirt::irq::disable()`); nobody reaches a backend directly.
+//! A *backend* maps the API onto one hypervisor's ABI ([`backends`]); the native
+//! backend maps it onto the bare instructions. At boot, [`init`] probes every
+//! backend, installs the winner's ops over the native defaults, and patches every
+//! call site: native ops with a short form become the instruction itself, inline;
+//! the rest become direct calls.
+//!
+//! ```ignore
+//! // In the kernel, once, on the boot CPU, interrupts off:
+//! let sel = unsafe { paravirt::init(&paravirt::InitParams { cmdline, virt_to_phys: |v| v }) };
+//! paravirt::irq::disable();               // patched to `cli` on native
+//! let now = paravirt::time::clock_ns();   // kvmclock under KVM, TSC natively
+//! ```
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod backends;
 pub mod extable;
+pub mod lazy;
 pub mod ops;
+pub mod patch;
+pub mod select;
 pub mod table;
 
-pub use ops::{console, cpu, irq, mmu, power};
+pub use ops::{apic, console, cpu, irq, lock, mmu, power, time};
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use ops::Op;
+use patch::{Patch, PatchStats};
+use select::{AbiLine, CpuCpuid, Decision, InitEnv, OpSet, OverrideProblem, Probe};
+use table::PvOps;
+
+/// What the kernel hands to [`init`].
+pub struct InitParams<'a> {
+    /// The kernel command line (`pv=<backend>` overrides probing, `pv.patch=off`
+    /// leaves every site an indirect call).
+    pub cmdline: &'a str,
+    /// Physical address of a kernel virtual address.
+    pub virt_to_phys: fn(u64) -> u64,
+}
+
+/// The outcome of [`init`].
+#[derive(Clone, Copy)]
+pub struct Selection<'a> {
+    /// Which backend won and why.
+    pub decision: Decision<'a>,
+    /// The ops the backend implements (the rest are native).
+    pub provided: OpSet,
+    /// The ABI the backend found.
+    pub abi: AbiLine,
+    /// What the patcher did (`None` when patching was turned off).
+    pub patched: Option<PatchStats>,
+}
+
+impl Selection<'_> {
+    /// How `op` is served: `native-inline`, `native`, or the backend's name (and
+    /// `indirect` when sites were not patched).
+    pub fn implementation(&self, op: Op) -> &'static str {
+        let inline = !self.provided.contains(op) && op.info().native_inline.is_some();
+        match (self.patched.is_some(), self.provided.contains(op)) {
+            (_, true) => self.decision.backend.name,
+            (true, false) if inline => "native-inline",
+            _ => "native",
+        }
+    }
+
+    /// A `pv=` the command line asked for that could not be honoured.
+    pub fn override_problem(&self) -> Option<OverrideProblem<'_>> {
+        self.decision.problem
+    }
+}
+
+static INIT_DONE: AtomicUsize = AtomicUsize::new(0);
+
+/// Selects the backend, installs its ops and patches every call site.
+///
+/// Once per boot, on the boot CPU, with interrupts disabled, before secondary CPUs
+/// start; safe before the heap exists.
+///
+/// # Safety
+/// Only one CPU may run and no op may be executing concurrently; kernel text must
+/// be mapped at its link address.
+pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
+    assert_eq!(
+        INIT_DONE.swap(1, Ordering::SeqCst),
+        0,
+        "paravirt::init runs once"
+    );
+    let src = CpuCpuid;
+    let probe = Probe::scan(&src);
+    let requested = select::cmdline_value(params.cmdline, "pv");
+    let decision = select::decide(backends::BACKENDS, &probe, &src, requested);
+    let mut ops = PvOps::NATIVE;
+    let env = InitEnv {
+        cpuid: &src,
+        probe: &probe,
+        virt_to_phys: params.virt_to_phys,
+    };
+    let (provided, abi) = (decision.backend.install)(&env, &mut ops);
+    // SAFETY: one CPU, no op running (caller's contract).
+    unsafe { table::PV_OPS.install(ops) };
+    let patch_off = select::cmdline_value(params.cmdline, "pv.patch") == Some("off");
+    let patched = (!patch_off).then(|| {
+        // SAFETY: as above; sites are not executing while we rewrite them.
+        unsafe { patch::apply(|op| decide_patch(op, &provided, &ops)) }
+    });
+    Selection {
+        decision,
+        provided,
+        abi,
+        patched,
+    }
+}
+
+/// The patch for `op`: the native bytes inline when the op stayed native and has a
+/// short form, else a direct call to whatever the table holds.
+pub fn decide_patch(op: Op, provided: &OpSet, ops: &PvOps) -> Patch {
+    match op.info().native_inline {
+        Some(bytes) if !provided.contains(op) => Patch::Inline(bytes),
+        _ => Patch::Call(ops.target(op)),
+    }
+}

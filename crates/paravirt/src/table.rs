@@ -1,12 +1,15 @@
-//! The op table: one struct of function pointers per group, one global instance.
+//! The op table: one struct of function pointers per group, one global instance
+//! (Linux's `pv_ops`). Unpatched sites call through it; the patcher reads it.
 //!
 //! The table is written only while one CPU runs and nothing reads it concurrently
-//! (boot, before secondary CPUs start); afterwards it is read-only. That is the same
-//! discipline as Linux's `pv_ops`.
+//! (boot, before secondary CPUs start); afterwards it is read-only.
 
 use core::cell::UnsafeCell;
 
-use crate::ops::{console::ConsoleOps, cpu::CpuOps, irq::IrqOps, mmu::MmuOps, power::PowerOps};
+use crate::ops::{
+    apic::ApicOps, console::ConsoleOps, cpu::CpuOps, irq::IrqOps, lock::LockOps, mmu::MmuOps,
+    power::PowerOps, time::TimeOps, Op,
+};
 
 /// All op groups.
 #[derive(Clone, Copy)]
@@ -18,6 +21,12 @@ pub struct PvOps {
     pub irq: IrqOps,
     /// Page tables and TLB.
     pub mmu: MmuOps,
+    /// Clocks.
+    pub time: TimeOps,
+    /// EOI and IPIs.
+    pub apic: ApicOps,
+    /// Paravirtual spinlock support.
+    pub lock: LockOps,
     /// Early console.
     pub console: ConsoleOps,
     /// Shutdown and reboot.
@@ -30,9 +39,21 @@ impl PvOps {
         cpu: CpuOps::NATIVE,
         irq: IrqOps::NATIVE,
         mmu: MmuOps::NATIVE,
+        time: TimeOps::NATIVE,
+        apic: ApicOps::NATIVE,
+        lock: LockOps::NATIVE,
         console: ConsoleOps::NATIVE,
         power: PowerOps::NATIVE,
     };
+
+    /// Address of the function that serves `op` in this table.
+    pub fn target(&self, op: Op) -> u64 {
+        // SAFETY: PvOps is repr(C) and made only of function pointers; `offset` is
+        // the offset of one of them (checked by the patch tests).
+        unsafe {
+            core::ptr::read((self as *const PvOps as *const u8).add(op.info().offset) as *const u64)
+        }
+    }
 }
 
 /// Holder of the global table.
@@ -63,7 +84,7 @@ impl OpsCell {
     }
 }
 
-/// The global op table every API call goes through.
+/// The global op table every unpatched site calls through.
 pub static PV_OPS: OpsCell = OpsCell(UnsafeCell::new(PvOps::NATIVE));
 
 /// The current table.

@@ -21,45 +21,83 @@ mod tap;
 
 use boot::BootInfo;
 
-/// Value of `key=value` on a command line (first match).
-pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_ascii_whitespace().find_map(|w| {
-        let (k, v) = w.split_once('=')?;
-        (k == key).then_some(v)
-    })
-}
+pub use paravirt::select::cmdline_value;
 
 /// Entered from a boot protocol with everything it told us.
 pub fn kernel_main(boot: BootInfo) -> ! {
     tap::line(format_args!("TAP version 14"));
     arch::gdt::init();
     arch::traps::init();
+    // SAFETY: one CPU, interrupts off, no op in flight; the kernel is identity-mapped.
+    let selection = unsafe {
+        paravirt::init(&paravirt::InitParams {
+            cmdline: boot.cmdline(),
+            virt_to_phys: |v| v,
+        })
+    };
     mm::frame::init(&boot);
+    if let Err(e) = mm::paging::protect_kernel_text() {
+        tap::bail_out(format_args!("write-protecting kernel text: {:?}", e));
+    }
     if let Err(e) = mm::heap::init() {
         tap::bail_out(format_args!("heap: {}", e));
     }
 
     let p = platform::detect();
+    let abi = selection.abi;
     diag!(
-        "platform: {}  backend: native  boot: {} v{}  hv: \"{}\"  mem: {} MiB",
+        "platform: {}  backend: {}  abi: {}{}  boot: {} v{}  hv: \"{}\"  mem: {} MiB",
         p.name,
+        selection.decision.backend.name,
+        abi.name,
+        abi.features
+            .map(|f| alloc::format!(" features={:#010x}", f))
+            .unwrap_or_default(),
         boot.protocol,
         boot.version,
         p.signature_str(),
         boot.ram_bytes() >> 20
     );
     diag!("cmdline: {}", boot.cmdline());
+    match selection.override_problem() {
+        Some(paravirt::select::OverrideProblem::Unknown(n)) => {
+            diag!("pv={}: no such backend; selected by probing", n)
+        }
+        Some(paravirt::select::OverrideProblem::Unavailable(n)) => {
+            diag!("pv={}: backend not detected here; selected by probing", n)
+        }
+        None => {}
+    }
+    match selection.patched {
+        Some(s) => diag!(
+            "patched: {} inline, {} call, {} skipped",
+            s.inline,
+            s.call,
+            s.skipped
+        ),
+        None => diag!("patched: off (pv.patch=off): every site is an indirect call"),
+    }
+    for op in paravirt::ops::Op::all() {
+        diag!("op {} -> {}", op.name(), selection.implementation(op));
+    }
 
     if let Some(kind) = cmdline_value(boot.cmdline(), "pvkernel.crash") {
         crash(kind);
     }
 
     let filter = cmdline_value(boot.cmdline(), "pvkernel.tests").unwrap_or("");
-    let mut ctx = suite::Ctx { boot: &boot };
+    let mut ctx = suite::Ctx {
+        boot: &boot,
+        selection: &selection,
+    };
     let failed = suite::run(&mut ctx, filter);
     let (used, total) = mm::frame::stats();
     diag!("frames: {} of {} in use; {} failed", used, total, failed);
-    paravirt::power::shutdown(if failed == 0 { tap::EXIT_OK } else { tap::EXIT_FAILED })
+    paravirt::power::shutdown(if failed == 0 {
+        tap::EXIT_OK
+    } else {
+        tap::EXIT_FAILED
+    })
 }
 
 /// Deliberate faults for the host's tests of the fatal paths.
@@ -82,7 +120,12 @@ fn crash(kind: &str) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     match info.location() {
-        Some(l) => tap::bail_out(format_args!("panic at {}:{}: {}", l.file(), l.line(), info.message())),
+        Some(l) => tap::bail_out(format_args!(
+            "panic at {}:{}: {}",
+            l.file(),
+            l.line(),
+            info.message()
+        )),
         None => tap::bail_out(format_args!("panic: {}", info.message())),
     }
 }

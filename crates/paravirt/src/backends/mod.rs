@@ -1,3 +1,10 @@
-//! Backends: each maps the API onto one vendor ABI.
+//! Backends: each maps the API onto one vendor ABI. [`BACKENDS`] is the detection
+//! table; native comes first and is always present.
 
+use crate::select::Backend;
+
+pub mod kvm;
 pub mod native;
+
+/// Every backend, native first.
+pub static BACKENDS: &[Backend] = &[native::BACKEND, kvm::BACKEND];

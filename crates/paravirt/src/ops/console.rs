@@ -1,14 +1,15 @@
 //! console: early output, usable before anything else is set up.
 
 use crate::backends::native::ops as native;
-use crate::table::ops;
+use crate::ops::Op;
+use crate::pv_site;
 
 /// The console op table.
 #[derive(Clone, Copy)]
 #[repr(C)]
+#[allow(missing_docs)]
 pub struct ConsoleOps {
-    /// Writes bytes to the early console, blocking until accepted.
-    pub write: fn(&[u8]),
+    pub write: extern "C" fn(*const u8, usize),
 }
 
 impl ConsoleOps {
@@ -18,10 +19,11 @@ impl ConsoleOps {
     };
 }
 
-/// Writes bytes to the early console.
+/// Writes bytes to the early console, blocking until they are accepted.
 #[inline(always)]
 pub fn write(bytes: &[u8]) {
-    (ops().console.write)(bytes)
+    // SAFETY: the implementation reads exactly `len` bytes from `ptr`.
+    unsafe { pv_site!(Op::ConsoleWrite; in("rdi") bytes.as_ptr(), in("rsi") bytes.len(),) };
 }
 
 /// A `core::fmt::Write` sink on the early console.

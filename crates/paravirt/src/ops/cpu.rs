@@ -2,10 +2,12 @@
 //! registers, cache and I/O-delay operations.
 
 use crate::backends::native::ops as native;
-use crate::table::ops;
+use crate::ops::Op;
+use crate::pv_site;
 
 /// The four registers `cpuid` returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct CpuidResult {
     /// EAX.
     pub eax: u32,
@@ -34,38 +36,35 @@ pub struct MsrFault {
     pub msr: u32,
 }
 
-/// The cpu op table.
+/// Result of a safe MSR access on the wire (rax = value, rdx = 0 or 1 if #GP).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MsrResult {
+    /// The value read (0 after a fault).
+    pub value: u64,
+    /// Non-zero when the access raised #GP.
+    pub faulted: u64,
+}
+
+/// The cpu op table. Each field is one op; see the free functions for semantics.
 #[derive(Clone, Copy)]
 #[repr(C)]
+#[allow(missing_docs)]
 pub struct CpuOps {
-    /// `cpuid` with EAX = leaf, ECX = subleaf.
-    pub cpuid: fn(u32, u32) -> CpuidResult,
-    /// `rdmsr`.
-    pub read_msr: unsafe fn(u32) -> u64,
-    /// `wrmsr`.
-    pub write_msr: unsafe fn(u32, u64),
-    /// `rdmsr` that reports #GP instead of taking it.
-    pub read_msr_safe: unsafe fn(u32) -> Result<u64, MsrFault>,
-    /// `wrmsr` that reports #GP instead of taking it.
-    pub write_msr_safe: unsafe fn(u32, u64) -> Result<(), MsrFault>,
-    /// `mov rax, cr0`.
-    pub read_cr0: fn() -> u64,
-    /// `mov cr0, rax`.
-    pub write_cr0: unsafe fn(u64),
-    /// `mov rax, cr4`.
-    pub read_cr4: fn() -> u64,
-    /// `mov cr4, rax`.
-    pub write_cr4: unsafe fn(u64),
-    /// `lgdt`.
-    pub load_gdt: unsafe fn(&DescriptorTablePointer),
-    /// `lidt`.
-    pub load_idt: unsafe fn(&DescriptorTablePointer),
-    /// `ltr`.
-    pub load_tr: unsafe fn(u16),
-    /// `wbinvd`.
-    pub wbinvd: fn(),
-    /// A short delay between accesses to slow legacy devices (`out 0x80`).
-    pub io_delay: fn(),
+    pub cpuid: extern "C" fn(u32, u32) -> CpuidResult,
+    pub read_msr: unsafe extern "C" fn(u32) -> u64,
+    pub write_msr: unsafe extern "C" fn(u32, u64),
+    pub read_msr_safe: unsafe extern "C" fn(u32) -> MsrResult,
+    pub write_msr_safe: unsafe extern "C" fn(u32, u64) -> MsrResult,
+    pub read_cr0: extern "C" fn() -> u64,
+    pub write_cr0: unsafe extern "C" fn(u64),
+    pub read_cr4: extern "C" fn() -> u64,
+    pub write_cr4: unsafe extern "C" fn(u64),
+    pub load_gdt: unsafe extern "C" fn(*const DescriptorTablePointer),
+    pub load_idt: unsafe extern "C" fn(*const DescriptorTablePointer),
+    pub load_tr: unsafe extern "C" fn(u16),
+    pub wbinvd: extern "C" fn(),
+    pub io_delay: extern "C" fn(),
 }
 
 impl CpuOps {
@@ -91,28 +90,40 @@ impl CpuOps {
 /// `cpuid` for `leaf`/`subleaf`.
 #[inline(always)]
 pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
-    (ops().cpu.cpuid)(leaf, subleaf)
+    let (lo, hi): (u64, u64);
+    // SAFETY: the site calls the table's cpuid (C ABI: 16-byte struct in rax:rdx).
+    unsafe {
+        pv_site!(Op::CpuCpuid; in("rdi") leaf, in("rsi") subleaf, lateout("rax") lo, lateout("rdx") hi,)
+    };
+    CpuidResult {
+        eax: lo as u32,
+        ebx: (lo >> 32) as u32,
+        ecx: hi as u32,
+        edx: (hi >> 32) as u32,
+    }
 }
 
 /// Reads an MSR.
 ///
 /// # Safety
-/// `msr` must exist on this CPU and reading it must have no side effect the caller
-/// does not expect (a #GP here is a kernel bug).
+/// `msr` must exist here and reading it must have no side effect the caller does
+/// not expect (a #GP is a kernel bug).
 #[inline(always)]
 pub unsafe fn read_msr(msr: u32) -> u64 {
+    let v: u64;
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.read_msr)(msr) }
+    unsafe { pv_site!(Op::CpuReadMsr; in("rdi") msr, lateout("rax") v,) };
+    v
 }
 
 /// Writes an MSR.
 ///
 /// # Safety
-/// The write must not break memory safety (e.g. EFER, segment bases in use).
+/// The write must not break memory safety (EFER, segment bases in use, ...).
 #[inline(always)]
 pub unsafe fn write_msr(msr: u32, value: u64) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.write_msr)(msr, value) }
+    unsafe { pv_site!(Op::CpuWriteMsr; in("rdi") msr, in("rsi") value,) };
 }
 
 /// Reads an MSR that may not exist; a #GP becomes `Err`.
@@ -121,8 +132,16 @@ pub unsafe fn write_msr(msr: u32, value: u64) {
 /// As [`read_msr`], except that a missing MSR is allowed.
 #[inline(always)]
 pub unsafe fn read_msr_safe(msr: u32) -> Result<u64, MsrFault> {
+    let (value, faulted): (u64, u64);
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.read_msr_safe)(msr) }
+    unsafe {
+        pv_site!(Op::CpuReadMsrSafe; in("rdi") msr, lateout("rax") value, lateout("rdx") faulted,)
+    };
+    if faulted == 0 {
+        Ok(value)
+    } else {
+        Err(MsrFault { msr })
+    }
 }
 
 /// Writes an MSR that may not exist or may refuse the value; a #GP becomes `Err`.
@@ -131,14 +150,25 @@ pub unsafe fn read_msr_safe(msr: u32) -> Result<u64, MsrFault> {
 /// As [`write_msr`].
 #[inline(always)]
 pub unsafe fn write_msr_safe(msr: u32, value: u64) -> Result<(), MsrFault> {
+    let faulted: u64;
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.write_msr_safe)(msr, value) }
+    unsafe {
+        pv_site!(Op::CpuWriteMsrSafe; in("rdi") msr, in("rsi") value, lateout("rdx") faulted,)
+    };
+    if faulted == 0 {
+        Ok(())
+    } else {
+        Err(MsrFault { msr })
+    }
 }
 
 /// Reads CR0.
 #[inline(always)]
 pub fn read_cr0() -> u64 {
-    (ops().cpu.read_cr0)()
+    let v: u64;
+    // SAFETY: reading CR0 has no side effect.
+    unsafe { pv_site!(Op::CpuReadCr0; lateout("rax") v,) };
+    v
 }
 
 /// Writes CR0.
@@ -148,13 +178,16 @@ pub fn read_cr0() -> u64 {
 #[inline(always)]
 pub unsafe fn write_cr0(value: u64) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.write_cr0)(value) }
+    unsafe { pv_site!(Op::CpuWriteCr0; in("rdi") value,) };
 }
 
 /// Reads CR4.
 #[inline(always)]
 pub fn read_cr4() -> u64 {
-    (ops().cpu.read_cr4)()
+    let v: u64;
+    // SAFETY: reading CR4 has no side effect.
+    unsafe { pv_site!(Op::CpuReadCr4; lateout("rax") v,) };
+    v
 }
 
 /// Writes CR4.
@@ -164,17 +197,17 @@ pub fn read_cr4() -> u64 {
 #[inline(always)]
 pub unsafe fn write_cr4(value: u64) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.write_cr4)(value) }
+    unsafe { pv_site!(Op::CpuWriteCr4; in("rdi") value,) };
 }
 
 /// Loads the GDT register.
 ///
 /// # Safety
-/// The table must stay valid and hold the selectors in use for as long as it is loaded.
+/// The table must stay valid and hold the selectors in use while it is loaded.
 #[inline(always)]
 pub unsafe fn load_gdt(gdt: &DescriptorTablePointer) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.load_gdt)(gdt) }
+    unsafe { pv_site!(Op::CpuLoadGdt; in("rdi") gdt as *const DescriptorTablePointer,) };
 }
 
 /// Loads the IDT register.
@@ -184,7 +217,7 @@ pub unsafe fn load_gdt(gdt: &DescriptorTablePointer) {
 #[inline(always)]
 pub unsafe fn load_idt(idt: &DescriptorTablePointer) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.load_idt)(idt) }
+    unsafe { pv_site!(Op::CpuLoadIdt; in("rdi") idt as *const DescriptorTablePointer,) };
 }
 
 /// Loads the task register.
@@ -194,22 +227,25 @@ pub unsafe fn load_idt(idt: &DescriptorTablePointer) {
 #[inline(always)]
 pub unsafe fn load_tr(selector: u16) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().cpu.load_tr)(selector) }
+    unsafe { pv_site!(Op::CpuLoadTr; in("rdi") u64::from(selector),) };
 }
 
 /// Writes back and invalidates all caches.
 #[inline(always)]
 pub fn wbinvd() {
-    (ops().cpu.wbinvd)()
+    // SAFETY: wbinvd does not change memory contents.
+    unsafe { pv_site!(Op::CpuWbinvd;) };
 }
 
 /// Delays briefly between accesses to slow legacy devices.
 #[inline(always)]
 pub fn io_delay() {
-    (ops().cpu.io_delay)()
+    // SAFETY: a delay has no memory effect.
+    unsafe { pv_site!(Op::CpuIoDelay;) };
 }
 
-/// Reads the time-stamp counter (unprivileged; here so callers need no raw asm).
+/// Reads the time-stamp counter (unprivileged: not an op, here so callers need no
+/// raw asm).
 #[inline(always)]
 pub fn read_tsc() -> u64 {
     native::read_tsc()

@@ -1,32 +1,48 @@
-//! mmu: fault address, page-table root, page-table entry writes and TLB flushes.
+//! mmu: fault address, page-table root, page-table entry writes, TLB flushes,
+//! page-table page life cycle and lazy (batched) updates.
+//!
+//! Lazy mode: between [`lazy_enter`] and [`lazy_leave`] a backend may queue entry
+//! writes and apply them later (Xen PV batches them into one multicall). Until
+//! [`lazy_flush`] or [`lazy_leave`], reads of the affected entries may see old
+//! values. Native applies writes at once.
 
 use crate::backends::native::ops as native;
-use crate::table::ops;
+use crate::ops::Op;
+use crate::pv_site;
+
+/// Page-table levels, as passed to [`alloc_pt`]/[`release_pt`].
+pub mod level {
+    /// Page table (4 KiB entries).
+    pub const PTE: u32 = 1;
+    /// Page directory.
+    pub const PMD: u32 = 2;
+    /// Page-directory pointer table.
+    pub const PUD: u32 = 3;
+    /// Top level (PML4).
+    pub const P4D: u32 = 4;
+}
 
 /// The mmu op table.
 #[derive(Clone, Copy)]
 #[repr(C)]
+#[allow(missing_docs)]
 pub struct MmuOps {
-    /// `mov rax, cr2`: the last page-fault address.
-    pub read_cr2: fn() -> u64,
-    /// `mov rax, cr3`: the page-table root.
-    pub read_cr3: fn() -> u64,
-    /// `mov cr3, rdi`: switches address space (and flushes non-global TLB entries).
-    pub write_cr3: unsafe fn(u64),
-    /// Writes a level-1 entry (maps 4 KiB).
-    pub set_pte: unsafe fn(*mut u64, u64),
-    /// Writes a level-2 entry.
-    pub set_pmd: unsafe fn(*mut u64, u64),
-    /// Writes a level-3 entry.
-    pub set_pud: unsafe fn(*mut u64, u64),
-    /// Writes a level-4 entry.
-    pub set_p4d: unsafe fn(*mut u64, u64),
-    /// Clears a level-1 entry.
-    pub pte_clear: unsafe fn(*mut u64),
-    /// Flushes every non-global TLB entry on this CPU.
-    pub flush_tlb_all: fn(),
-    /// `invlpg`: flushes the TLB entry for one virtual address on this CPU.
-    pub flush_tlb_one: fn(u64),
+    pub read_cr2: extern "C" fn() -> u64,
+    pub read_cr3: extern "C" fn() -> u64,
+    pub write_cr3: unsafe extern "C" fn(u64),
+    pub set_pte: unsafe extern "C" fn(*mut u64, u64),
+    pub set_pmd: unsafe extern "C" fn(*mut u64, u64),
+    pub set_pud: unsafe extern "C" fn(*mut u64, u64),
+    pub set_p4d: unsafe extern "C" fn(*mut u64, u64),
+    pub pte_clear: unsafe extern "C" fn(*mut u64),
+    pub flush_tlb_all: extern "C" fn(),
+    pub flush_tlb_one: extern "C" fn(u64),
+    pub flush_tlb_multi: extern "C" fn(u64, u64, u64),
+    pub alloc_pt: extern "C" fn(u32, u64),
+    pub release_pt: extern "C" fn(u32, u64),
+    pub lazy_enter: extern "C" fn(),
+    pub lazy_leave: extern "C" fn(),
+    pub lazy_flush: extern "C" fn(),
 }
 
 impl MmuOps {
@@ -42,19 +58,31 @@ impl MmuOps {
         pte_clear: native::pte_clear,
         flush_tlb_all: native::flush_tlb_all,
         flush_tlb_one: native::flush_tlb_one,
+        flush_tlb_multi: native::flush_tlb_multi,
+        alloc_pt: native::pt_notify,
+        release_pt: native::pt_notify,
+        lazy_enter: native::nop,
+        lazy_leave: native::nop,
+        lazy_flush: native::nop,
     };
 }
 
 /// The address of the last page fault on this CPU.
 #[inline(always)]
 pub fn read_cr2() -> u64 {
-    (ops().mmu.read_cr2)()
+    let v: u64;
+    // SAFETY: reading CR2 has no side effect.
+    unsafe { pv_site!(Op::MmuReadCr2; lateout("rax") v,) };
+    v
 }
 
 /// The physical address (and flags) of the current top-level page table.
 #[inline(always)]
 pub fn read_cr3() -> u64 {
-    (ops().mmu.read_cr3)()
+    let v: u64;
+    // SAFETY: reading CR3 has no side effect.
+    unsafe { pv_site!(Op::MmuReadCr3; lateout("rax") v,) };
+    v
 }
 
 /// Switches to another page-table root.
@@ -64,39 +92,39 @@ pub fn read_cr3() -> u64 {
 #[inline(always)]
 pub unsafe fn write_cr3(value: u64) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().mmu.write_cr3)(value) }
+    unsafe { pv_site!(Op::MmuWriteCr3; in("rdi") value,) };
 }
 
 macro_rules! entry_setter {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $op:expr) => {
         $(#[$doc])*
         ///
         /// # Safety
-        /// `entry` must point into a live page-table page of the right level, and the
-        /// new mapping must not alias memory in a way that breaks Rust's rules.
+        /// `entry` must point into a live page-table page of that level, and the new
+        /// mapping must not alias memory in a way that breaks Rust's rules.
         #[inline(always)]
         pub unsafe fn $name(entry: *mut u64, value: u64) {
             // SAFETY: forwarded to the caller.
-            unsafe { (ops().mmu.$name)(entry, value) }
+            unsafe { pv_site!($op; in("rdi") entry, in("rsi") value,) };
         }
     };
 }
 
 entry_setter!(
     /// Writes a level-1 page-table entry.
-    set_pte
+    set_pte, Op::MmuSetPte
 );
 entry_setter!(
     /// Writes a level-2 page-table entry.
-    set_pmd
+    set_pmd, Op::MmuSetPmd
 );
 entry_setter!(
     /// Writes a level-3 page-table entry.
-    set_pud
+    set_pud, Op::MmuSetPud
 );
 entry_setter!(
     /// Writes a level-4 page-table entry.
-    set_p4d
+    set_p4d, Op::MmuSetP4d
 );
 
 /// Clears a level-1 page-table entry.
@@ -106,17 +134,64 @@ entry_setter!(
 #[inline(always)]
 pub unsafe fn pte_clear(entry: *mut u64) {
     // SAFETY: forwarded to the caller.
-    unsafe { (ops().mmu.pte_clear)(entry) }
+    unsafe { pv_site!(Op::MmuPteClear; in("rdi") entry,) };
 }
 
 /// Flushes every non-global TLB entry on this CPU.
 #[inline(always)]
 pub fn flush_tlb_all() {
-    (ops().mmu.flush_tlb_all)()
+    // SAFETY: a flush only drops cached translations.
+    unsafe { pv_site!(Op::MmuFlushTlbAll;) };
 }
 
 /// Flushes the TLB entry for `va` on this CPU.
 #[inline(always)]
 pub fn flush_tlb_one(va: u64) {
-    (ops().mmu.flush_tlb_one)(va)
+    // SAFETY: a flush only drops cached translations.
+    unsafe { pv_site!(Op::MmuFlushTlbOne; in("rdi") va,) };
+}
+
+/// Flushes `[start, end)` on every CPU in `cpus` (bit n = CPU n), waiting until
+/// all are done. Native flushes this CPU; other CPUs need the kernel's IPI handler.
+#[inline(always)]
+pub fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
+    // SAFETY: a flush only drops cached translations.
+    unsafe { pv_site!(Op::MmuFlushTlbMulti; in("rdi") cpus, in("rsi") start, in("rdx") end,) };
+}
+
+/// Tells the backend that frame `pfn` is now a page-table page of `level` (Xen PV
+/// must pin or write-protect it). Call after zeroing it and before linking it in.
+#[inline(always)]
+pub fn alloc_pt(level: u32, pfn: u64) {
+    // SAFETY: a notification; no memory effect on native.
+    unsafe { pv_site!(Op::MmuAllocPt; in("rdi") level, in("rsi") pfn,) };
+}
+
+/// Tells the backend that frame `pfn` stopped being a page-table page of `level`.
+/// Call after unlinking it and flushing.
+#[inline(always)]
+pub fn release_pt(level: u32, pfn: u64) {
+    // SAFETY: a notification; no memory effect on native.
+    unsafe { pv_site!(Op::MmuReleasePt; in("rdi") level, in("rsi") pfn,) };
+}
+
+/// Starts batching entry writes on this CPU.
+#[inline(always)]
+pub fn lazy_enter() {
+    // SAFETY: a mode change; no memory effect by itself.
+    unsafe { pv_site!(Op::MmuLazyEnter;) };
+}
+
+/// Applies queued entry writes and stops batching.
+#[inline(always)]
+pub fn lazy_leave() {
+    // SAFETY: applies writes the caller already vouched for.
+    unsafe { pv_site!(Op::MmuLazyLeave;) };
+}
+
+/// Applies queued entry writes and keeps batching.
+#[inline(always)]
+pub fn lazy_flush() {
+    // SAFETY: applies writes the caller already vouched for.
+    unsafe { pv_site!(Op::MmuLazyFlush;) };
 }

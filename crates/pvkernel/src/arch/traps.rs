@@ -207,7 +207,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         }
         return;
     }
-    let cr2 = if vector == 14 { paravirt::mmu::read_cr2() } else { 0 };
+    let cr2 = if vector == 14 {
+        paravirt::mmu::read_cr2()
+    } else {
+        0
+    };
     if let Some(fixup) = paravirt::extable::search(frame.rip) {
         LAST_ERROR.store(frame.error, Ordering::Relaxed);
         LAST_CR2.store(cr2, Ordering::Relaxed);

@@ -9,7 +9,6 @@ use crate::lock::SpinLock;
 use super::{kernel_image, IDENTITY_LIMIT, PAGE_SIZE};
 use crate::boot::{BootInfo, MemKind};
 
-
 const MAX_RANGES: usize = 64;
 
 struct Allocator {
@@ -136,7 +135,9 @@ pub unsafe fn free(frame: u64) {
 /// Whether `frame` lies in a usable range.
 pub fn is_usable(frame: u64) -> bool {
     let a = FRAMES.lock();
-    a.ranges[..a.count].iter().any(|&(s, e)| frame >= s && frame + PAGE_SIZE <= e)
+    a.ranges[..a.count]
+        .iter()
+        .any(|&(s, e)| frame >= s && frame + PAGE_SIZE <= e)
 }
 
 /// (frames in use, usable frames in total).

@@ -11,7 +11,16 @@ pub const IDENTITY_LIMIT: u64 = 4 << 30;
 
 extern "C" {
     static __kernel_start: u8;
+    static __rw_start: u8;
     static __kernel_end: u8;
+}
+
+/// Physical range `[start, end)` of text and read-only data (page-aligned).
+pub fn kernel_read_only() -> (u64, u64) {
+    (
+        core::ptr::addr_of!(__kernel_start) as u64,
+        core::ptr::addr_of!(__rw_start) as u64,
+    )
 }
 
 /// Physical range `[start, end)` occupied by the kernel image.

@@ -3,6 +3,7 @@
 //! batch them.
 
 use paravirt::mmu;
+use paravirt::mmu::level as mmu_level;
 
 use super::{frame, PAGE_SIZE};
 
@@ -55,6 +56,7 @@ fn walk(root: u64, va: u64, create: bool) -> Result<*mut u64, MapError> {
                 return Err(MapError::NotMapped);
             }
             let new = frame::alloc_zeroed().ok_or(MapError::OutOfFrames)?;
+            mmu::alloc_pt(level - 1, new >> 12);
             let value = new | PRESENT | WRITABLE;
             // SAFETY: `slot` is a live entry of the right level; the new table is zeroed.
             unsafe {
@@ -125,3 +127,44 @@ pub fn translate(va: u64) -> Option<u64> {
     }
     None
 }
+
+/// Remaps the first 2 MiB with 4 KiB pages so that kernel text and read-only data
+/// are read-only. Once, at boot, after patching (the patcher still clears CR0.WP
+/// for its writes, so this order is a belt, not a requirement).
+pub fn protect_kernel_text() -> Result<(), MapError> {
+    let (ro_start, ro_end) = super::kernel_read_only();
+    if ro_end > HUGE_PAGE {
+        return Err(MapError::HugePage); // the kernel outgrew the first 2 MiB page
+    }
+    let root = root();
+    // SAFETY: the boot tables map the first GiB through pml4[0] -> pdpt[0] -> pd.
+    let pd = unsafe {
+        let pdpt = table_at(root).read_volatile() & ADDR_MASK;
+        table_at(pdpt).read_volatile() & ADDR_MASK
+    };
+    let pd0 = table_at(pd);
+    // SAFETY: pd0 is the level-2 entry mapping [0, 2 MiB).
+    if unsafe { pd0.read_volatile() } & HUGE == 0 {
+        return Ok(()); // already split
+    }
+    let pt = frame::alloc().ok_or(MapError::OutOfFrames)?;
+    for i in 0..512u64 {
+        let pa = i * PAGE_SIZE;
+        let writable = if pa >= ro_start && pa < ro_end {
+            0
+        } else {
+            WRITABLE
+        };
+        // SAFETY: `pt` is a fresh frame we own; entries are filled before it is linked.
+        unsafe { mmu::set_pte(table_at(pt).add(i as usize), pa | PRESENT | writable) };
+    }
+    mmu::alloc_pt(mmu_level::PTE, pt >> 12);
+    // SAFETY: the new table maps the same frames with the same attributes except
+    // write access to text, which nothing writes (the patcher is done).
+    unsafe { mmu::set_pmd(pd0, pt | PRESENT | WRITABLE) };
+    mmu::flush_tlb_all();
+    Ok(())
+}
+
+/// Size of a level-2 large page.
+pub const HUGE_PAGE: u64 = 2 << 20;

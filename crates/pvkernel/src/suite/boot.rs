@@ -5,16 +5,33 @@ use crate::boot::MemKind;
 use crate::{diag, ensure};
 
 pub static TESTS: &[Test] = &[
-    Test { name: "boot.start_info", run: start_info },
-    Test { name: "boot.cmdline", run: cmdline },
-    Test { name: "boot.memory_map", run: memory_map },
+    Test {
+        name: "boot.start_info",
+        run: start_info,
+    },
+    Test {
+        name: "boot.cmdline",
+        run: cmdline,
+    },
+    Test {
+        name: "boot.memory_map",
+        run: memory_map,
+    },
 ];
 
 fn start_info(ctx: &mut Ctx) -> TestResult {
     let b = ctx.boot;
-    ensure!(b.error.is_none(), "boot structure unusable: {}", b.error.unwrap_or(""));
+    ensure!(
+        b.error.is_none(),
+        "boot structure unusable: {}",
+        b.error.unwrap_or("")
+    );
     ensure!(b.start_info_paddr != 0, "no boot structure address");
-    ensure!(b.version <= 1, "unknown hvm_start_info version {}", b.version);
+    ensure!(
+        b.version <= 1,
+        "unknown hvm_start_info version {}",
+        b.version
+    );
     Ok(())
 }
 

@@ -15,6 +15,8 @@ mod trap;
 pub struct Ctx<'a> {
     /// The boot information.
     pub boot: &'a BootInfo,
+    /// Which backend serves which op.
+    pub selection: &'a paravirt::Selection<'a>,
 }
 
 /// A test's verdict: `Ok(())` passes, `Err(message)` fails, [`skip`] skips.

@@ -2,3 +2,23 @@
 //! hypervisor that virtualizes the instruction in hardware).
 
 pub mod ops;
+
+use crate::select::{AbiLine, Backend, InitEnv, OpSet};
+use crate::table::PvOps;
+
+/// Native: always present, lowest priority.
+pub const BACKEND: Backend = Backend {
+    name: "native",
+    detect: |_, _| Some(0),
+    install: install,
+};
+
+fn install(_: &InitEnv, _: &mut PvOps) -> (OpSet, AbiLine) {
+    (
+        OpSet::EMPTY,
+        AbiLine {
+            name: "none",
+            features: None,
+        },
+    )
+}

@@ -1,0 +1,16 @@
+//! The KVM backend: KVM's paravirtual interface (kvmclock, steal time, ...), each
+//! feature used only when CPUID 0x40000001 advertises it; every other op stays
+//! native, which KVM virtualizes in hardware.
+
+pub mod abi;
+pub mod ops;
+pub mod probe;
+
+use crate::select::Backend;
+
+/// KVM.
+pub const BACKEND: Backend = Backend {
+    name: "kvm",
+    detect: probe::detect,
+    install: ops::install,
+};
