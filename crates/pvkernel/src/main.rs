@@ -35,6 +35,8 @@ pub fn kernel_main(boot: BootInfo) -> ! {
             virt_to_phys: |v| v,
         })
     };
+    arch::apic::mask_legacy_pic();
+    arch::apic::init();
     mm::frame::init(&boot);
     if let Err(e) = mm::paging::protect_kernel_text() {
         tap::bail_out(format_args!("write-protecting kernel text: {:?}", e));

@@ -1,5 +1,6 @@
 //! CPU structures: descriptor tables and trap entry.
 
+pub mod apic;
 pub mod gdt;
 pub mod probe;
 pub mod traps;

@@ -26,6 +26,20 @@ probe_read_u64:
     .quad 2b, 4b
     .popsection
 
+    .global probe_write_u64
+probe_write_u64:
+    xor edx, edx
+2:  mov [rdi], rsi
+    xor eax, eax
+    ret
+4:  mov edx, 1
+    xor eax, eax
+    ret
+    .pushsection .pv_extable, "a"
+    .balign 8
+    .quad 2b, 4b
+    .popsection
+
     .global probe_ud2
 probe_ud2:
     xor edx, edx
@@ -63,6 +77,7 @@ probe_div_insn:
 
 extern "C" {
     fn probe_read_u64(addr: u64) -> ProbeResult;
+    fn probe_write_u64(addr: u64, value: u64) -> ProbeResult;
     fn probe_ud2() -> ProbeResult;
     fn probe_divide_by_zero() -> ProbeResult;
 }
@@ -85,6 +100,16 @@ fn finish(r: ProbeResult) -> Result<u64, FaultInfo> {
 pub fn read_u64(addr: u64) -> Result<u64, FaultInfo> {
     // SAFETY: the probe only reads; a fault resumes at its fixup.
     finish(unsafe { probe_read_u64(addr) })
+}
+
+/// Writes a u64 at `addr`; a fault is returned instead of taken.
+///
+/// # Safety
+/// If the write succeeds it must not break anything (callers aim it at memory
+/// that must refuse it, or at memory they own).
+pub unsafe fn write_u64(addr: u64, value: u64) -> Result<u64, FaultInfo> {
+    // SAFETY: forwarded to the caller; a fault resumes at the fixup.
+    finish(unsafe { probe_write_u64(addr, value) })
 }
 
 /// Executes `ud2`. Ok(rip of the ud2) is impossible; Err holds the recorded #UD.

@@ -275,8 +275,3 @@ pub fn init() {
     // SAFETY: the IDT is a static that lives forever and every entry points at a stub.
     unsafe { cpu::load_idt(&ptr) };
 }
-
-/// Stub address for a vector (for tests that check the IDT).
-pub fn stub_address(vector: u8) -> u64 {
-    core::ptr::addr_of!(trap_stubs) as u64 + u64::from(vector) * STUB_SIZE
-}

@@ -82,7 +82,21 @@ fn walk(root: u64, va: u64, create: bool) -> Result<*mut u64, MapError> {
 /// # Safety
 /// The new mapping must not create aliases that break Rust's rules for live references.
 pub unsafe fn map(va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
-    let slot = walk(root(), va, true)?;
+    // SAFETY: forwarded to the caller.
+    unsafe { map_in(root(), va, pa, flags) }
+}
+
+/// The level-1 entry for `va` in the current address space, if its tables exist.
+pub fn entry(va: u64) -> Option<*mut u64> {
+    walk(root(), va, false).ok()
+}
+
+/// As [`map`], in the address space rooted at `root`.
+///
+/// # Safety
+/// As [`map`]; `root` must be a live top-level table.
+pub unsafe fn map_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
+    let slot = walk(root, va, true)?;
     // SAFETY: `slot` is a valid level-1 entry.
     if unsafe { slot.read_volatile() } & PRESENT != 0 {
         return Err(MapError::AlreadyMapped);

@@ -7,7 +7,11 @@ use crate::tap::{self, Outcome};
 
 mod boot;
 mod cpu;
+mod irq;
+mod lock;
 mod mem;
+mod mmu;
+mod pv;
 mod time;
 mod trap;
 
@@ -63,10 +67,14 @@ pub struct Test {
 pub fn all() -> impl Iterator<Item = &'static Test> {
     boot::TESTS
         .iter()
+        .chain(pv::TESTS)
         .chain(mem::TESTS)
+        .chain(mmu::TESTS)
         .chain(trap::TESTS)
         .chain(cpu::TESTS)
+        .chain(irq::TESTS)
         .chain(time::TESTS)
+        .chain(lock::TESTS)
 }
 
 /// Runs every test whose name starts with `filter`; returns the number failed.

@@ -1,14 +1,40 @@
-//! Time tests.
+//! time ops: clocks, TSC frequency, wall clock, steal time.
 
-use paravirt::cpu;
+use paravirt::{cpu, time};
 
-use super::{Ctx, Test, TestResult};
+use super::{skip, Ctx, Test, TestResult};
 use crate::ensure;
 
-pub static TESTS: &[Test] = &[Test {
-    name: "time.tsc_monotonic",
-    run: tsc_monotonic,
-}];
+pub static TESTS: &[Test] = &[
+    Test {
+        name: "time.tsc_monotonic",
+        run: tsc_monotonic,
+    },
+    Test {
+        name: "time.tsc_khz_plausible",
+        run: tsc_khz_plausible,
+    },
+    Test {
+        name: "time.clock_monotonic",
+        run: clock_monotonic,
+    },
+    Test {
+        name: "time.clock_agrees_with_tsc",
+        run: clock_agrees_with_tsc,
+    },
+    Test {
+        name: "time.sched_clock_since_boot",
+        run: sched_clock,
+    },
+    Test {
+        name: "time.wall_clock",
+        run: wall_clock,
+    },
+    Test {
+        name: "time.steal_never_decreases",
+        run: steal,
+    },
+];
 
 fn tsc_monotonic(_: &mut Ctx) -> TestResult {
     let first = cpu::read_tsc();
@@ -25,5 +51,94 @@ fn tsc_monotonic(_: &mut Ctx) -> TestResult {
         prev = now;
     }
     ensure!(prev > first, "TSC did not advance over 200 reads");
+    Ok(())
+}
+
+fn tsc_khz_plausible(_: &mut Ctx) -> TestResult {
+    let khz = time::tsc_khz();
+    crate::diag!("tsc_khz: {}", khz);
+    ensure!(
+        (100_000..=10_000_000).contains(&khz),
+        "tsc_khz {} outside 100 MHz..10 GHz",
+        khz
+    );
+    Ok(())
+}
+
+fn clock_monotonic(_: &mut Ctx) -> TestResult {
+    let mut prev = time::clock_ns();
+    for i in 0..100 {
+        let now = time::clock_ns();
+        ensure!(
+            now >= prev,
+            "clock went back at read {}: {} -> {}",
+            i,
+            prev,
+            now
+        );
+        prev = now;
+    }
+    Ok(())
+}
+
+/// Over ~5 ms, the clock and TSC/tsc_khz must agree within 1 %.
+fn clock_agrees_with_tsc(_: &mut Ctx) -> TestResult {
+    let khz = time::tsc_khz();
+    let (c0, t0) = (time::clock_ns(), cpu::read_tsc());
+    let mut c1 = c0;
+    while c1 - c0 < 5_000_000 {
+        c1 = time::clock_ns();
+    }
+    let t1 = cpu::read_tsc();
+    let by_tsc = ((t1 - t0) as u128 * 1_000_000 / khz as u128) as u64;
+    let by_clock = c1 - c0;
+    let diff = by_tsc.abs_diff(by_clock);
+    ensure!(
+        diff * 100 <= by_clock,
+        "clock {} ns vs TSC {} ns over the same interval",
+        by_clock,
+        by_tsc
+    );
+    Ok(())
+}
+
+fn sched_clock(_: &mut Ctx) -> TestResult {
+    let a = time::sched_clock();
+    let b = time::sched_clock();
+    ensure!(b >= a, "sched_clock went back: {} -> {}", a, b);
+    ensure!(
+        a < 600_000_000_000,
+        "sched_clock {} ns is not time since boot",
+        a
+    );
+    Ok(())
+}
+
+/// 2020-01-01 and 2100-01-01 in Unix seconds.
+const YEAR_2020: u64 = 1_577_836_800;
+const YEAR_2100: u64 = 4_102_444_800;
+
+fn wall_clock(_: &mut Ctx) -> TestResult {
+    let w = time::wall_clock();
+    if w.secs == 0 {
+        return skip("no wall clock on this platform");
+    }
+    crate::diag!("wall_clock: {}.{:09}", w.secs, w.nsecs);
+    ensure!(
+        (YEAR_2020..YEAR_2100).contains(&w.secs),
+        "wall clock {} s is not this century",
+        w.secs
+    );
+    ensure!(w.nsecs < 1_000_000_000, "nsecs {}", w.nsecs);
+    Ok(())
+}
+
+fn steal(_: &mut Ctx) -> TestResult {
+    let mut prev = time::steal_clock(0);
+    for _ in 0..50 {
+        let now = time::steal_clock(0);
+        ensure!(now >= prev, "steal went back: {} -> {}", prev, now);
+        prev = now;
+    }
     Ok(())
 }

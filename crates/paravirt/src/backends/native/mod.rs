@@ -3,6 +3,9 @@
 
 pub mod ops;
 
+#[cfg(all(test, target_arch = "x86_64"))]
+mod encoding_tests;
+
 use crate::select::{AbiLine, Backend, InitEnv, OpSet};
 use crate::table::PvOps;
 

@@ -360,26 +360,41 @@ pub(crate) fn tsc_khz_from_cpuid(cpuid: impl Fn(u32, u32) -> CpuidResult) -> u64
     0
 }
 
-/// Counts TSC ticks over 10 ms of PIT channel 2 (Linux's pit_calibrate_tsc).
+/// PIT input clock.
+const PIT_HZ: u64 = 1_193_182;
+
+/// Channel 0's current count (latch, then low and high byte).
+fn pit_count() -> u16 {
+    outb(0x43, 0x00);
+    let lo = inb(0x40);
+    let hi = inb(0x40);
+    u16::from_le_bytes([lo, hi])
+}
+
+/// TSC kHz measured against ~10 ms of PIT channel 0 counting down in mode 0 (it
+/// needs neither the gate nor the speaker port, which microVMs lack), or 0 when
+/// there is no PIT. The one interrupt mode 0 raises at terminal count arrives
+/// while the legacy PIC is masked (the kernel masks it at boot).
 fn calibrate_tsc_with_pit() -> u64 {
-    const PIT_HZ: u64 = 1_193_182;
-    const MS: u64 = 10;
-    let count = (PIT_HZ * MS / 1000) as u16;
-    // Gate on, speaker off; channel 2, lobyte/hibyte, mode 0.
-    outb(0x61, (inb(0x61) & !0x02) | 0x01);
-    outb(0x43, 0xb0);
-    outb(0x42, count as u8);
-    outb(0x42, (count >> 8) as u8);
-    let start = read_tsc();
-    let mut polls = 0u64;
-    while inb(0x61) & 0x20 == 0 {
+    const SPAN: u16 = (PIT_HZ / 100) as u16; // 10 ms
+    outb(0x43, 0x30); // channel 0, lobyte/hibyte, mode 0
+    outb(0x40, 0xff);
+    outb(0x40, 0xff);
+    let c0 = pit_count();
+    let t0 = read_tsc();
+    let mut polls = 0u32;
+    loop {
+        let c = pit_count();
+        let elapsed = c0.wrapping_sub(c);
+        if elapsed >= SPAN && elapsed < 0x8000 {
+            let ticks = read_tsc() - t0;
+            return ticks * PIT_HZ / u64::from(elapsed) / 1000;
+        }
         polls += 1;
-        if polls > 50_000_000 {
-            return 0; // no PIT
+        if polls > 1_000_000 {
+            return 0; // the count never moved: no PIT
         }
     }
-    let ticks = read_tsc() - start;
-    ticks / MS
 }
 
 pub(crate) extern "C" fn tsc_khz() -> u64 {
