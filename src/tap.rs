@@ -97,14 +97,22 @@ impl TapReport {
 
     /// Value of a `# key: value` diagnostic (first match).
     pub fn diagnostic(&self, key: &str) -> Option<&str> {
-        self.diagnostics.iter().find_map(|d| d.strip_prefix(key)?.strip_prefix(": "))
+        self.diagnostics
+            .iter()
+            .find_map(|d| d.strip_prefix(key)?.strip_prefix(": "))
     }
 
     /// Field `key` of the `# platform:` line, e.g. `backend`.
     pub fn platform_field(&self, key: &str) -> Option<String> {
-        let line = self.diagnostics.iter().find(|d| d.starts_with("platform: "))?;
+        let line = self
+            .diagnostics
+            .iter()
+            .find(|d| d.starts_with("platform: "))?;
         if key == "platform" {
-            return line["platform: ".len()..].split_whitespace().next().map(str::to_string);
+            return line["platform: ".len()..]
+                .split_whitespace()
+                .next()
+                .map(str::to_string);
         }
         let mut words = line.split_whitespace();
         while let Some(w) = words.next() {
@@ -117,7 +125,10 @@ impl TapReport {
 
     /// Tests that passed (not skipped).
     pub fn passed(&self) -> usize {
-        self.tests.iter().filter(|t| t.ok && t.skip.is_none()).count()
+        self.tests
+            .iter()
+            .filter(|t| t.ok && t.skip.is_none())
+            .count()
     }
 
     /// Tests that failed.
@@ -147,9 +158,10 @@ impl TapReport {
         }
         match self.plan {
             None => p.push("no plan line".to_string()),
-            Some(n) if n != self.tests.len() => {
-                p.push(format!("plan says {n} tests, {} reported", self.tests.len()))
-            }
+            Some(n) if n != self.tests.len() => p.push(format!(
+                "plan says {n} tests, {} reported",
+                self.tests.len()
+            )),
             Some(_) => {}
         }
         for (i, t) in self.tests.iter().enumerate() {
@@ -161,7 +173,10 @@ impl TapReport {
                     "not ok {} - {}{}",
                     t.number,
                     t.name,
-                    t.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+                    t.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
                 ));
             }
         }

@@ -30,12 +30,19 @@ fn full_suite(name: &str) {
     let token = run::fresh_token();
     let b = boot(p, &format!("pvkernel.token={token}"));
     let problems = b.problems(p, Some(&token));
-    assert!(problems.is_empty(), "{name}: {problems:#?}\nserial:\n{}", transcript(&b));
+    assert!(
+        problems.is_empty(),
+        "{name}: {problems:#?}\nserial:\n{}",
+        transcript(&b)
+    );
     let plan = b.report.plan.expect("plan");
     assert!(plan >= MIN_TESTS, "{name}: only {plan} tests");
     assert_eq!(b.report.tests.len(), plan);
     assert!(b.report.tests.iter().all(|t| t.ok), "{name}: a test failed");
-    assert_eq!(b.report.platform_field("backend").as_deref(), Some("native"));
+    assert_eq!(
+        b.report.platform_field("backend").as_deref(),
+        Some("native")
+    );
     assert_eq!(b.report.platform_field("boot").as_deref(), Some("pvh"));
     assert_eq!(b.guest_exit_value(), Some(0));
 }
@@ -76,11 +83,29 @@ fn qemu_kvm() {
 fn fatal_page_fault(name: &str) {
     let Some(p) = available(name) else { return };
     let b = boot(p, "pvkernel.crash=page_fault");
-    let reason = b.report.bail_out.clone().unwrap_or_else(|| panic!("no Bail out!\n{}", transcript(&b)));
-    for needle in ["#PF", "vector 14", "rip=0x", "error=0x0", "cr2=0xffffc000dead0000"] {
-        assert!(reason.contains(needle), "{name}: `{needle}` missing in: {reason}");
+    let reason = b
+        .report
+        .bail_out
+        .clone()
+        .unwrap_or_else(|| panic!("no Bail out!\n{}", transcript(&b)));
+    for needle in [
+        "#PF",
+        "vector 14",
+        "rip=0x",
+        "error=0x0",
+        "cr2=0xffffc000dead0000",
+    ] {
+        assert!(
+            reason.contains(needle),
+            "{name}: `{needle}` missing in: {reason}"
+        );
     }
-    assert_eq!(b.guest_exit_value(), Some(2), "{name}: status {:?}", b.status);
+    assert_eq!(
+        b.guest_exit_value(),
+        Some(2),
+        "{name}: status {:?}",
+        b.status
+    );
 }
 
 #[test]
@@ -95,18 +120,29 @@ fn fatal_page_fault_on_pvrun() {
 
 #[test]
 fn panic_bails_out() {
-    let Some(p) = available("qemu-tcg-microvm") else { return };
+    let Some(p) = available("qemu-tcg-microvm") else {
+        return;
+    };
     let b = boot(p, "pvkernel.crash=panic");
     let reason = b.report.bail_out.clone().expect("Bail out!");
-    assert!(reason.contains("requested by pvkernel.crash=panic"), "{reason}");
+    assert!(
+        reason.contains("requested by pvkernel.crash=panic"),
+        "{reason}"
+    );
     assert_eq!(b.guest_exit_value(), Some(2));
 }
 
 /// A test filter on the command line shrinks the plan: the kernel really reads it.
 #[test]
 fn cmdline_filter_selects_tests() {
-    let Some(p) = available("qemu-tcg-microvm") else { return };
+    let Some(p) = available("qemu-tcg-microvm") else {
+        return;
+    };
     let b = boot(p, "pvkernel.tests=trap.");
     assert_eq!(b.report.plan, Some(4), "{}", transcript(&b));
-    assert!(b.report.tests.iter().all(|t| t.name.starts_with("trap.") && t.ok));
+    assert!(b
+        .report
+        .tests
+        .iter()
+        .all(|t| t.name.starts_with("trap.") && t.ok));
 }
