@@ -19,7 +19,16 @@ Exit status:
   70            pvrun itself failed (e.g. could not allocate guest memory)
   124           the guest did not finish within --timeout
 
-Errors are printed as one line, 'pvrun: error: <message>', on stderr.";
+Errors are printed as one line, 'pvrun: error: <message>', on stderr.
+
+With --stats, the run ends with one more line on stderr (before any error):
+  pvrun: stats: exits=N insn_emulation=N halt_exits=N io_exits=N mmio_exits=N
+KVM's per-vCPU counters (KVM_GET_STATS_FD) for the whole run, those this KVM
+has; or 'pvrun: stats: unavailable: <why>'.
+
+Port 0xf5 is a bench marker: the guest brackets a region of its code with
+START/STOP and reads back the emulated instructions and exits it took (see
+the README).";
 
 /// Boots a PVH kernel ELF in a minimal KVM virtual machine.
 #[derive(Debug, Clone, Parser)]
@@ -58,6 +67,10 @@ pub struct Cli {
     /// The KVM device to use
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     pub kvm: PathBuf,
+
+    /// At the end, print KVM's exit and emulated-instruction counts on stderr
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// Parses a timeout in seconds: a positive decimal number.
@@ -81,7 +94,8 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    /// The run configuration (validated later, by [`crate::run`]).
+    /// The run configuration (validated later, by [`crate::run`]); `--stats`
+    /// is not part of it (the binary prints them).
     pub fn into_config(self) -> VmConfig {
         VmConfig {
             kernel: self.kernel,
@@ -121,6 +135,8 @@ mod tests {
         let c = parse(&["k.elf"]).unwrap().into_config();
         assert_eq!(c, VmConfig::new("k.elf"));
         assert_eq!(c.timeout, Duration::from_secs(60));
+        assert!(!parse(&["k.elf"]).unwrap().stats);
+        assert!(parse(&["--stats", "k.elf"]).unwrap().stats);
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! The emulated devices: the COM1 UART, and the defaults for every other
-//! port and MMIO address (writes ignored, reads all-ones).
+//! The emulated devices: the COM1 UART, the bench marker on port 0xf5, and
+//! the defaults for every other port and MMIO address (writes ignored, reads
+//! all-ones).
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 
-use crate::layout::{COM1_PORT, COM1_PORT_COUNT};
+use crate::layout::{
+    BENCH_MAGIC, BENCH_RESET, BENCH_START, BENCH_STOP, COM1_PORT, COM1_PORT_COUNT,
+};
 
 /// The serial interrupt line is not wired yet: the guest polls the LSR.
 #[derive(Debug, Default)]
@@ -90,11 +94,113 @@ pub struct DeviceStats {
     pub serial_bytes: u64,
     /// Serial bytes that could not be written to the host (e.g. closed pipe).
     pub serial_lost_bytes: u64,
+    /// Valid bench-marker accesses: RESET, START and STOP writes and 32-bit
+    /// reads (see [`BenchMarker`]).
+    pub bench_accesses: u64,
+    /// Bench-marker accesses that were ignored: unknown commands, sizes
+    /// other than 32 bits, STOP without START.
+    pub bench_garbage: u64,
+}
+
+/// Where the bench marker gets its counters: the instruction-emulation and
+/// exit counts of the vCPU that accessed the port, read at the exit of that
+/// access. A trait so the protocol can be tested with made-up counters.
+pub trait StatsSource: Send {
+    /// `(insn_emulation, exits)` now, or `None` if they cannot be read.
+    fn counters(&mut self) -> Option<(u64, u64)>;
+}
+
+/// The bench-marker device of one vCPU (port [`crate::layout::BENCH_MARKER_PORT`];
+/// the protocol is documented there).
+pub struct BenchMarker {
+    source: Option<Box<dyn StatsSource>>,
+    /// `Some` between START and STOP: the counters at START (`None` inside
+    /// if they could not be read).
+    start: Option<Option<(u64, u64)>>,
+    /// What the next 32-bit reads return, oldest first; all-ones when empty.
+    pending: VecDeque<u32>,
+}
+
+impl std::fmt::Debug for BenchMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchMarker")
+            .field("has_source", &self.source.is_some())
+            .field("start", &self.start)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl BenchMarker {
+    /// A marker reading its counters from `source` (`None`: no statistics,
+    /// RESET then reads 0).
+    pub fn new(source: Option<Box<dyn StatsSource>>) -> Self {
+        BenchMarker {
+            source,
+            start: None,
+            pending: VecDeque::with_capacity(4),
+        }
+    }
+
+    fn counters(&mut self) -> Option<(u64, u64)> {
+        self.source.as_mut().and_then(|s| s.counters())
+    }
+
+    /// An `out` to the port; `false` if it was garbage (and ignored).
+    pub fn write(&mut self, data: &[u8]) -> bool {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return false;
+        };
+        match u32::from_le_bytes(bytes) {
+            BENCH_RESET => {
+                self.start = None;
+                self.pending.clear();
+                let magic = if self.counters().is_some() {
+                    BENCH_MAGIC
+                } else {
+                    0
+                };
+                self.pending.push_back(magic);
+            }
+            BENCH_START => self.start = Some(self.counters()),
+            BENCH_STOP => {
+                let Some(start) = self.start.take() else {
+                    return false;
+                };
+                self.pending.clear();
+                if let (Some((insn0, exits0)), Some((insn1, exits1))) = (start, self.counters()) {
+                    let (insn, exits) = (insn1.wrapping_sub(insn0), exits1.wrapping_sub(exits0));
+                    self.pending.extend([
+                        insn as u32,
+                        (insn >> 32) as u32,
+                        exits as u32,
+                        (exits >> 32) as u32,
+                    ]);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// An `in` from the port: the next pending word, else all-ones; `false`
+    /// if it was garbage (not 32 bits: all-ones, nothing consumed).
+    pub fn read(&mut self, data: &mut [u8]) -> bool {
+        if data.len() != 4 {
+            data.fill(0xff);
+            return false;
+        }
+        let word = self.pending.pop_front().unwrap_or(u32::MAX);
+        data.copy_from_slice(&word.to_le_bytes());
+        true
+    }
 }
 
 /// All devices of the VM, behind one lock.
 pub struct Devices {
     serial: Serial<NoInterrupt, NoEvents, SerialOut>,
+    /// One bench marker per vCPU, by vCPU index (created on first use).
+    bench: Vec<BenchMarker>,
     stats: DeviceStats,
 }
 
@@ -111,8 +217,44 @@ impl Devices {
     pub fn new(serial_out: Box<dyn Write + Send>) -> Self {
         Devices {
             serial: Serial::new(NoInterrupt, SerialOut::new(serial_out)),
+            bench: Vec::new(),
             stats: DeviceStats::default(),
         }
+    }
+
+    /// Gives vCPU `vcpu`'s bench marker its counters (`None`: statistics
+    /// unavailable). Without this call the marker behaves as with `None`.
+    pub fn set_stats_source(&mut self, vcpu: u8, source: Option<Box<dyn StatsSource>>) {
+        *self.bench_marker(vcpu) = BenchMarker::new(source);
+    }
+
+    fn bench_marker(&mut self, vcpu: u8) -> &mut BenchMarker {
+        let i = usize::from(vcpu);
+        if self.bench.len() <= i {
+            self.bench.resize_with(i + 1, || BenchMarker::new(None));
+        }
+        &mut self.bench[i]
+    }
+
+    fn count_bench(&mut self, ok: bool) {
+        self.stats.pio_exits += 1;
+        if ok {
+            self.stats.bench_accesses += 1;
+        } else {
+            self.stats.bench_garbage += 1;
+        }
+    }
+
+    /// An `out` by vCPU `vcpu` to the bench-marker port.
+    pub fn bench_write(&mut self, vcpu: u8, data: &[u8]) {
+        let ok = self.bench_marker(vcpu).write(data);
+        self.count_bench(ok);
+    }
+
+    /// An `in` by vCPU `vcpu` from the bench-marker port.
+    pub fn bench_read(&mut self, vcpu: u8, data: &mut [u8]) {
+        let ok = self.bench_marker(vcpu).read(data);
+        self.count_bench(ok);
     }
 
     /// The traffic counters.
@@ -233,6 +375,160 @@ pub(crate) mod tests {
         let mut lsr = [0u8];
         d.pio_read(0x3fd, &mut lsr);
         assert_eq!(lsr[0] & 0x60, 0x60, "THRE and TEMT set");
+    }
+
+    /// Made-up counters: each call returns the next pair (the last one
+    /// forever), or `None` if there are none.
+    struct FakeCounters {
+        values: Values,
+    }
+
+    type Values = Arc<Mutex<Vec<(u64, u64)>>>;
+
+    impl StatsSource for FakeCounters {
+        fn counters(&mut self) -> Option<(u64, u64)> {
+            let mut v = self.values.lock().unwrap();
+            match v.len() {
+                0 => None,
+                1 => Some(v[0]),
+                _ => Some(v.remove(0)),
+            }
+        }
+    }
+
+    fn fake(values: &[(u64, u64)]) -> (Devices, Values) {
+        let values = Arc::new(Mutex::new(values.to_vec()));
+        let mut d = Devices::new(Box::new(io::sink()));
+        d.set_stats_source(
+            0,
+            Some(Box::new(FakeCounters {
+                values: values.clone(),
+            })),
+        );
+        (d, values)
+    }
+
+    fn out(d: &mut Devices, v: u32) {
+        d.bench_write(0, &v.to_le_bytes());
+    }
+
+    fn read(d: &mut Devices) -> u32 {
+        let mut data = [0u8; 4];
+        d.bench_read(0, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn bench_reset_reads_the_magic_once() {
+        let (mut d, _) = fake(&[(0, 0)]);
+        out(&mut d, BENCH_RESET);
+        assert_eq!(read(&mut d), 0x6d62_7670);
+        assert_eq!(read(&mut d), u32::MAX);
+        assert_eq!(d.stats().bench_accesses, 3);
+        assert_eq!(d.stats().bench_garbage, 0);
+        assert_eq!(d.stats().pio_exits, 3);
+        assert_eq!(d.stats().unknown_pio, 0);
+    }
+
+    #[test]
+    fn bench_without_stats_reads_zero_after_reset() {
+        // No source at all, a source that cannot read, and a vCPU that never
+        // got one.
+        let mut d = Devices::new(Box::new(io::sink()));
+        d.set_stats_source(0, None);
+        let (mut failing, _) = fake(&[]);
+        for d in [
+            &mut d,
+            &mut failing,
+            &mut Devices::new(Box::new(io::sink())),
+        ] {
+            out(d, BENCH_RESET);
+            assert_eq!(read(d), 0);
+            assert_eq!(read(d), u32::MAX);
+            // START/STOP work but leave nothing to read.
+            out(d, BENCH_START);
+            out(d, BENCH_STOP);
+            assert_eq!(read(d), u32::MAX);
+            assert_eq!(d.stats().bench_garbage, 0);
+        }
+    }
+
+    #[test]
+    fn bench_start_stop_gives_the_deltas_in_four_reads() {
+        let (mut d, values) = fake(&[
+            (0, 0), // RESET
+            (0x1_0000_0005, 40),
+            (0x3_0000_0004, 0x2_0000_0049),
+        ]);
+        out(&mut d, BENCH_RESET);
+        assert_eq!(read(&mut d), BENCH_MAGIC);
+        out(&mut d, BENCH_START);
+        assert_eq!(
+            read(&mut d),
+            u32::MAX,
+            "nothing pending between START and STOP"
+        );
+        out(&mut d, BENCH_STOP);
+        // insn delta 0x1_ffff_ffff, exits delta 0x2_0000_0021.
+        assert_eq!(
+            [read(&mut d), read(&mut d), read(&mut d), read(&mut d)],
+            [0xffff_ffff, 1, 0x21, 2]
+        );
+        assert_eq!(read(&mut d), u32::MAX);
+        assert_eq!(read(&mut d), u32::MAX);
+
+        // A second region; a RESET drops an unread result.
+        *values.lock().unwrap() = vec![(100, 7), (107, 9), (0, 0)];
+        out(&mut d, BENCH_START);
+        out(&mut d, BENCH_STOP);
+        assert_eq!(read(&mut d), 7);
+        out(&mut d, BENCH_RESET);
+        assert_eq!(read(&mut d), BENCH_MAGIC);
+        assert_eq!(read(&mut d), u32::MAX);
+        assert_eq!(d.stats().bench_garbage, 0);
+    }
+
+    #[test]
+    fn bench_garbage_is_ignored_and_counted() {
+        let (mut d, _) = fake(&[(5, 5)]);
+        out(&mut d, 7); // unknown command
+        out(&mut d, u32::MAX);
+        d.bench_write(0, &[1]); // START, but 8 bits
+        d.bench_write(0, &[2, 0]); // STOP, but 16 bits
+        out(&mut d, BENCH_STOP); // STOP without START
+        let mut byte = [0u8];
+        d.bench_read(0, &mut byte);
+        assert_eq!(byte, [0xff]);
+        let mut two = [0u8; 2];
+        d.bench_read(0, &mut two);
+        assert_eq!(two, [0xff; 2]);
+        assert_eq!(d.stats().bench_garbage, 7);
+        assert_eq!(d.stats().bench_accesses, 0);
+        // A short read consumes nothing.
+        out(&mut d, BENCH_RESET);
+        d.bench_read(0, &mut byte);
+        assert_eq!(read(&mut d), BENCH_MAGIC);
+        // STOP after STOP is garbage too: START is consumed.
+        out(&mut d, BENCH_START);
+        out(&mut d, BENCH_STOP);
+        out(&mut d, BENCH_STOP);
+        assert_eq!([read(&mut d), read(&mut d)], [0, 0]);
+        assert_eq!(d.stats().bench_garbage, 9);
+    }
+
+    #[test]
+    fn bench_markers_are_per_vcpu() {
+        let (mut d, _) = fake(&[(1, 1)]);
+        out(&mut d, BENCH_START);
+        // vCPU 1 has no statistics and no START of its own.
+        d.bench_write(1, &BENCH_STOP.to_le_bytes());
+        assert_eq!(d.stats().bench_garbage, 1);
+        d.bench_write(1, &BENCH_RESET.to_le_bytes());
+        let mut data = [0u8; 4];
+        d.bench_read(1, &mut data);
+        assert_eq!(u32::from_le_bytes(data), 0);
+        out(&mut d, BENCH_STOP);
+        assert_eq!(read(&mut d), 0);
     }
 
     #[test]

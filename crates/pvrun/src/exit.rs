@@ -5,7 +5,7 @@
 use kvm_ioctls::VcpuExit;
 
 use crate::devices::Devices;
-use crate::layout::DEBUG_EXIT_PORT;
+use crate::layout::{BENCH_MARKER_PORT, DEBUG_EXIT_PORT};
 
 /// What the run loop should do after an exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,10 +38,20 @@ pub fn debug_exit_value(data: &[u8]) -> u32 {
     u32::from_le_bytes(bytes)
 }
 
-/// Maps one exit to an action, serving port and MMIO accesses on `devices`.
-pub fn handle_exit(exit: VcpuExit<'_>, devices: &mut Devices) -> ExitAction {
+/// Maps one exit of vCPU `vcpu` to an action, serving port and MMIO
+/// accesses on `devices`. Runs before the guest is re-entered, so the bench
+/// marker's snapshots are taken at the exit of the marker's `out` itself.
+pub fn handle_exit(exit: VcpuExit<'_>, vcpu: u8, devices: &mut Devices) -> ExitAction {
     match exit {
         VcpuExit::IoOut(DEBUG_EXIT_PORT, data) => ExitAction::DebugExit(debug_exit_value(data)),
+        VcpuExit::IoOut(BENCH_MARKER_PORT, data) => {
+            devices.bench_write(vcpu, data);
+            ExitAction::Continue
+        }
+        VcpuExit::IoIn(BENCH_MARKER_PORT, data) => {
+            devices.bench_read(vcpu, data);
+            ExitAction::Continue
+        }
         VcpuExit::IoOut(port, data) => {
             devices.pio_write(port, data);
             ExitAction::Continue
@@ -93,7 +103,7 @@ mod tests {
         let mut devices = Devices::new(Box::new(buf.clone()));
         for b in b"hi\n" {
             assert_eq!(
-                handle_exit(VcpuExit::IoOut(0x3f8, &[*b]), &mut devices),
+                handle_exit(VcpuExit::IoOut(0x3f8, &[*b]), 0, &mut devices),
                 ExitAction::Continue
             );
         }
@@ -104,25 +114,25 @@ mod tests {
     fn debug_exit_port_stops_with_the_value() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &[0]), &mut devices),
+            handle_exit(VcpuExit::IoOut(0xf4, &[0]), 0, &mut devices),
             ExitAction::DebugExit(0)
         );
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &[3]), &mut devices),
+            handle_exit(VcpuExit::IoOut(0xf4, &[3]), 0, &mut devices),
             ExitAction::DebugExit(3)
         );
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &[0x34, 0x12]), &mut devices),
+            handle_exit(VcpuExit::IoOut(0xf4, &[0x34, 0x12]), 0, &mut devices),
             ExitAction::DebugExit(0x1234)
         );
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &[1, 0, 0, 0x80]), &mut devices),
+            handle_exit(VcpuExit::IoOut(0xf4, &[1, 0, 0, 0x80]), 0, &mut devices),
             ExitAction::DebugExit(0x8000_0001)
         );
         // Reading the port is not an exit.
         let mut data = [0u8];
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0xf4, &mut data), &mut devices),
+            handle_exit(VcpuExit::IoIn(0xf4, &mut data), 0, &mut devices),
             ExitAction::Continue
         );
         assert_eq!(data, [0xff]);
@@ -132,18 +142,18 @@ mod tests {
     fn unknown_port_is_ignored_and_reads_all_ones() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x80, &[0x55]), &mut devices),
+            handle_exit(VcpuExit::IoOut(0x80, &[0x55]), 0, &mut devices),
             ExitAction::Continue
         );
         let mut data = [0u8; 2];
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x1234, &mut data), &mut devices),
+            handle_exit(VcpuExit::IoIn(0x1234, &mut data), 0, &mut devices),
             ExitAction::Continue
         );
         assert_eq!(data, [0xff, 0xff]);
         let mut data = [0u8; 4];
         assert_eq!(
-            handle_exit(VcpuExit::MmioRead(0xfed0_0000, &mut data), &mut devices),
+            handle_exit(VcpuExit::MmioRead(0xfed0_0000, &mut data), 0, &mut devices),
             ExitAction::Continue
         );
         assert_eq!(data, [0xff; 4]);
@@ -152,25 +162,46 @@ mod tests {
     }
 
     #[test]
+    fn bench_marker_port_reaches_the_vcpus_marker() {
+        let mut devices = Devices::new(Box::new(std::io::sink()));
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0xf5, &[0; 4]), 0, &mut devices),
+            ExitAction::Continue
+        );
+        let mut data = [0x55u8; 4];
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0xf5, &mut data), 0, &mut devices),
+            ExitAction::Continue
+        );
+        assert_eq!(data, [0; 4], "no statistics: RESET reads 0");
+        handle_exit(VcpuExit::IoOut(0xf5, &[7, 0, 0, 0]), 0, &mut devices);
+        let s = devices.stats();
+        assert_eq!(
+            (s.bench_accesses, s.bench_garbage, s.unknown_pio),
+            (2, 1, 0)
+        );
+    }
+
+    #[test]
     fn crashes_stop_the_run() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
         assert_eq!(
-            handle_exit(VcpuExit::Shutdown, &mut devices),
+            handle_exit(VcpuExit::Shutdown, 0, &mut devices),
             ExitAction::Shutdown
         );
         assert_eq!(
-            handle_exit(VcpuExit::InternalError, &mut devices),
+            handle_exit(VcpuExit::InternalError, 0, &mut devices),
             ExitAction::InternalError
         );
         assert_eq!(
-            handle_exit(VcpuExit::FailEntry(0x21, 1), &mut devices),
+            handle_exit(VcpuExit::FailEntry(0x21, 1), 0, &mut devices),
             ExitAction::FailEntry {
                 reason: 0x21,
                 cpu: 1
             }
         );
         assert!(matches!(
-            handle_exit(VcpuExit::Hlt, &mut devices),
+            handle_exit(VcpuExit::Hlt, 0, &mut devices),
             ExitAction::Unexpected(_)
         ));
     }

@@ -84,9 +84,39 @@ pub const COM1_PORT_COUNT: u16 = 8;
 /// QEMU `isa-debug-exit` port: an `out` of value `v` ends the run and pvrun
 /// exits with status `(v << 1) | 1`.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-/// Reserved for a future "bench marker" protocol; today it is treated like
-/// any other unknown port (writes ignored, reads return all-ones).
+/// Bench-marker port: lets the guest count the instructions KVM emulated
+/// and the VM exits it took for a region of its code, from KVM's per-vCPU
+/// binary statistics (`insn_emulation` and `exits`). An ABI shared with the
+/// guest kernel (pvkernel); every access is 32 bits (`out 0xf5, eax` /
+/// `in eax, 0xf5`):
+///
+/// | guest does | effect |
+/// | --- | --- |
+/// | `out` [`BENCH_RESET`] (0) | forget any START and pending result; the next `in` returns [`BENCH_MAGIC`] if statistics are available, else 0 |
+/// | `out` [`BENCH_START`] (1) | snapshot this vCPU's `insn_emulation` and `exits` |
+/// | `out` [`BENCH_STOP`] (2) | snapshot again; the deltas since START become the pending result (replacing any unread one) |
+/// | `in` after STOP | four reads: insn delta low 32 bits, insn delta high, exits delta low, exits delta high |
+/// | `in` with nothing pending | 0xffffffff |
+///
+/// A port no VMM handles reads 0xffffffff, so after RESET the guest tells
+/// "pvrun with statistics" (magic) from "pvrun without" (0) from "not pvrun"
+/// (0xffffffff). Snapshots are taken at the exit of the `out` itself,
+/// before the guest is re-entered, so the cost of the markers is a constant
+/// the guest measures with an empty region and subtracts. STOP without a
+/// START, other values, and accesses that are not 32 bits are ignored
+/// (reads of another size return all-ones and consume nothing) and counted
+/// in `DeviceStats::bench_garbage`. If the counters cannot be read at START
+/// or STOP, STOP leaves nothing pending. Each vCPU has its own marker state.
 pub const BENCH_MARKER_PORT: u16 = 0xf5;
+/// Bench-marker command: reset, then read the magic.
+pub const BENCH_RESET: u32 = 0;
+/// Bench-marker command: start a measured region.
+pub const BENCH_START: u32 = 1;
+/// Bench-marker command: end a measured region; four reads follow.
+pub const BENCH_STOP: u32 = 2;
+/// What the first read after RESET returns when statistics are available:
+/// "pvbm" in little-endian byte order.
+pub const BENCH_MAGIC: u32 = 0x6d62_7670;
 
 /// The regions of guest RAM for a guest of `mem_bytes` bytes, as
 /// `(start GPA, length)` pairs sorted by address: one region if the RAM fits
@@ -118,6 +148,11 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_magic_spells_pvbm() {
+        assert_eq!(&BENCH_MAGIC.to_le_bytes(), b"pvbm");
+    }
 
     #[test]
     fn ram_regions_split_around_the_gap() {

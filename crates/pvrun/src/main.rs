@@ -29,11 +29,30 @@ fn real_main() -> i32 {
             };
         }
     };
-    match pvrun::run(&cli.into_config(), Box::new(std::io::stdout())) {
+    let print_stats = cli.stats;
+    let report = pvrun::run_with_stats(&cli.into_config(), Box::new(std::io::stdout()));
+    if print_stats {
+        // Nothing to say if no VM was built: the error line says why.
+        if let Some(line) = stats_line(&report) {
+            eprintln!("{line}");
+        }
+    }
+    match report.result {
         Ok(exit) => exit.status,
         Err(err) => {
             eprintln!("pvrun: error: {err}");
             err.exit_code()
         }
     }
+}
+
+/// The `--stats` line, if a vCPU was created.
+fn stats_line(report: &pvrun::RunReport) -> Option<String> {
+    Some(match report.kvm_stats.as_ref()? {
+        Ok(summary) if summary.counters.is_empty() => {
+            "pvrun: stats: unavailable: this KVM has none of the counters".to_owned()
+        }
+        Ok(summary) => format!("pvrun: stats: {summary}"),
+        Err(err) => format!("pvrun: stats: unavailable: {err}"),
+    })
 }

@@ -136,8 +136,9 @@ impl VcpuRunner {
                 rip: self.vcpu.rip(),
             });
         }
+        let index = self.vcpu.index();
         let action = match self.vcpu.run() {
-            Ok(exit) => handle_exit(exit, &mut lock(&self.devices)),
+            Ok(exit) => handle_exit(exit, index, &mut lock(&self.devices)),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // Kicked (or a stray signal): clear the flag the handler may
                 // have set, then let the stop check above decide.

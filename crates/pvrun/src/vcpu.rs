@@ -11,6 +11,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout;
+use crate::stats::{KvmStats, StatsError};
 use crate::vm::SetupError;
 
 /// CR0.PE: protected mode.
@@ -299,6 +300,12 @@ impl Vcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(SetupError::ioctl("set the LAPIC"))
+    }
+
+    /// Opens this vCPU's binary statistics (`KVM_GET_STATS_FD`);
+    /// [`StatsError::Unsupported`] if `kvm` has none.
+    pub fn open_stats(&self, kvm: &Kvm) -> Result<KvmStats, StatsError> {
+        KvmStats::open_vcpu(kvm, &self.fd)
     }
 
     /// The thin `KVM_RUN` wrapper: enters the guest once and returns KVM's

@@ -369,7 +369,9 @@ fn kvm_permission_denied() {
     ]);
     let probe = common::run_cmd(probe, Duration::from_secs(10));
     if probe.status.success() {
-        skip(&format!("/dev/kvm is writable by nobody on this host: {test}"));
+        skip(&format!(
+            "/dev/kvm is writable by nobody on this host: {test}"
+        ));
         return;
     }
 

@@ -170,6 +170,101 @@ pub mod asm {
     pub fn vmcall() -> Vec<u8> {
         vec![0x0f, 0x01, 0xc1, 0xeb, 0xfe]
     }
+
+    /// The bench marker's "pvbm" magic.
+    pub const BENCH_MAGIC: u32 = 0x6d62_7670;
+    /// Debug-exit value of a guest whose RESET read 0 (no statistics): status 253.
+    pub const EXIT_NO_STATS: u8 = 126;
+    /// Debug-exit value of a guest whose RESET read neither the magic nor 0: status 251.
+    pub const EXIT_NO_MAGIC: u8 = 125;
+
+    /// `mov eax, cmd; out 0xf5, eax`
+    pub fn bench_out(cmd: u32) -> Vec<u8> {
+        let mut v = vec![0xb8];
+        v.extend_from_slice(&cmd.to_le_bytes());
+        v.extend_from_slice(&[0xe7, 0xf5]);
+        v
+    }
+
+    /// `in eax, 0xf5`
+    pub fn bench_in() -> Vec<u8> {
+        vec![0xe5, 0xf5]
+    }
+
+    /// RESET, read the port, go on if it returned the magic; otherwise
+    /// debug-exit with [`EXIT_NO_STATS`] (it read 0) or [`EXIT_NO_MAGIC`].
+    pub fn bench_reset_expect_magic() -> Vec<u8> {
+        let mut v = vec![0x31, 0xc0, 0xe7, 0xf5]; // xor eax, eax; out 0xf5, eax
+        v.extend(bench_in());
+        v.push(0x3d); // cmp eax, BENCH_MAGIC
+        v.extend_from_slice(&BENCH_MAGIC.to_le_bytes());
+        let mut fail = vec![0x85, 0xc0, 0x75, 0x05]; // test eax, eax; jnz +5
+        fail.extend(debug_exit(EXIT_NO_STATS));
+        fail.extend(debug_exit(EXIT_NO_MAGIC));
+        v.extend_from_slice(&[0x74, fail.len() as u8]); // je past the failure exits
+        v.extend(fail);
+        v
+    }
+
+    /// A measured region: `mov eax, 1; out 0xf5, eax` (START), `inc eax`,
+    /// `nops` × `nop`, `out 0xf5, eax` (STOP).
+    pub fn bench_region(nops: usize) -> Vec<u8> {
+        let mut v = bench_out(1);
+        v.push(0x40); // inc eax
+        v.extend(std::iter::repeat_n(0x90, nops));
+        v.extend_from_slice(&[0xe7, 0xf5]);
+        v
+    }
+
+    /// Prints EAX to COM1 as 8 hex digits; clobbers EAX, ECX, EDX and
+    /// leaves the value in EBX. Needs no stack.
+    pub fn print_hex_eax() -> Vec<u8> {
+        vec![
+            0x89, 0xc3, // mov ebx, eax
+            0xb9, 0x08, 0x00, 0x00, 0x00, // mov ecx, 8
+            0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+            0xc1, 0xc3, 0x04, // L: rol ebx, 4
+            0x88, 0xd8, // mov al, bl
+            0x24, 0x0f, // and al, 0xf
+            0x3c, 0x0a, // cmp al, 10
+            0x72, 0x02, // jb +2
+            0x04, 0x07, // add al, 'a' - '0' - 10
+            0x04, 0x30, // add al, '0'
+            0xee, // out dx, al
+            0x49, // dec ecx
+            0x75, 0xed, // jnz L
+        ]
+    }
+
+    /// After a STOP: reads the four result words and prints them to COM1 as
+    /// one line `w0 w1 w2 w3` in hex. `after[i]` runs right after word `i`
+    /// was printed, with the word in EBX.
+    pub fn bench_print_result(after: [&[u8]; 4]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (i, code) in after.iter().enumerate() {
+            v.extend(bench_in());
+            v.extend(print_hex_eax());
+            v.extend_from_slice(code);
+            v.extend(serial_write(if i == 3 { b"\n" } else { b" " }));
+        }
+        v
+    }
+}
+
+/// Parses the lines printed by [`asm::bench_print_result`] into
+/// `(insn delta, exits delta)`.
+pub fn parse_bench_lines(stdout: &str) -> Vec<(u64, u64)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let w: Vec<u64> = line
+                .split(' ')
+                .map(|w| u64::from_str_radix(w, 16).unwrap_or_else(|_| panic!("{line:?}")))
+                .collect();
+            assert_eq!(w.len(), 4, "{line:?}");
+            (w[1] << 32 | w[0], w[3] << 32 | w[2])
+        })
+        .collect()
 }
 
 /// A fresh scratch directory for one test, under cargo's target/tmp (so
