@@ -29,6 +29,8 @@ pub struct Platform {
     pub launcher: Launcher,
     /// What the kernel must report on its `# platform:` line.
     pub expect_platform: &'static str,
+    /// The backend the kernel must select there.
+    pub expect_backend: &'static str,
     /// Watchdog for one boot.
     #[serde(skip)]
     pub timeout: Duration,
@@ -40,30 +42,35 @@ pub const ALL: &[Platform] = &[
         name: "qemu-tcg-pc",
         launcher: Launcher::QemuTcg("pc"),
         expect_platform: "tcg",
+        expect_backend: "native",
         timeout: Duration::from_secs(60),
     },
     Platform {
         name: "qemu-tcg-q35",
         launcher: Launcher::QemuTcg("q35"),
         expect_platform: "tcg",
+        expect_backend: "native",
         timeout: Duration::from_secs(60),
     },
     Platform {
         name: "qemu-tcg-microvm",
         launcher: Launcher::QemuTcg("microvm"),
         expect_platform: "tcg",
+        expect_backend: "native",
         timeout: Duration::from_secs(60),
     },
     Platform {
         name: "pvrun-kvm",
         launcher: Launcher::Pvrun,
         expect_platform: "kvm",
+        expect_backend: "kvm",
         timeout: Duration::from_secs(60),
     },
     Platform {
         name: "qemu-kvm",
         launcher: Launcher::QemuKvm,
         expect_platform: "kvm",
+        expect_backend: "kvm",
         timeout: Duration::from_secs(120),
     },
 ];

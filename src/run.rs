@@ -81,6 +81,14 @@ impl Boot {
             )),
             None => p.push("no `# platform:` line".to_string()),
         }
+        match self.report.platform_field("backend") {
+            Some(got) if got == platform.expect_backend => {}
+            Some(got) => p.push(format!(
+                "backend {got} selected, expected {}",
+                platform.expect_backend
+            )),
+            None => p.push("no backend on the `# platform:` line".to_string()),
+        }
         if let Some(token) = token {
             match self.report.diagnostic("cmdline token") {
                 Some(t) if t == token => {}

@@ -41,7 +41,24 @@ fn full_suite(name: &str) {
     assert!(b.report.tests.iter().all(|t| t.ok), "{name}: a test failed");
     assert_eq!(
         b.report.platform_field("backend").as_deref(),
-        Some("native")
+        Some(p.expect_backend)
+    );
+    // One `# op` line per op, each naming its implementation.
+    let ops: Vec<&String> = b
+        .report
+        .diagnostics
+        .iter()
+        .filter(|d| d.starts_with("op "))
+        .collect();
+    assert!(ops.len() >= 40, "{name}: only {} `# op` lines", ops.len());
+    assert!(
+        ops.iter().all(|d| d.contains(" -> ")),
+        "{name}: malformed op line"
+    );
+    assert!(
+        ops.iter()
+            .any(|d| d.as_str() == "op irq.disable -> native-inline"),
+        "{name}: cli not inlined"
     );
     assert_eq!(b.report.platform_field("boot").as_deref(), Some("pvh"));
     assert_eq!(b.guest_exit_value(), Some(0));
@@ -130,6 +147,53 @@ fn panic_bails_out() {
         "{reason}"
     );
     assert_eq!(b.guest_exit_value(), Some(2));
+}
+
+/// `pv=native` on the command line overrides probing, and an unknown name is
+/// reported and ignored.
+#[test]
+fn pv_override_on_pvrun() {
+    let Some(p) = available("pvrun-kvm") else {
+        return;
+    };
+    let b = boot(p, "pv=native pvkernel.tests=pv.");
+    assert_eq!(
+        b.report.platform_field("backend").as_deref(),
+        Some("native"),
+        "{}",
+        transcript(&b)
+    );
+    assert!(b.report.is_success(), "{}", transcript(&b));
+    let b = boot(p, "pv=vmware pvkernel.tests=pv.");
+    assert_eq!(b.report.platform_field("backend").as_deref(), Some("kvm"));
+    assert!(
+        b.report
+            .diagnostics
+            .iter()
+            .any(|d| d.contains("pv=vmware: no such backend")),
+        "{}",
+        transcript(&b)
+    );
+}
+
+/// With patching off every site stays an indirect call, and the suite still passes.
+#[test]
+fn unpatched_kernel_passes() {
+    let Some(p) = available("qemu-tcg-microvm") else {
+        return;
+    };
+    let b = boot(p, "pv.patch=off");
+    assert!(b.report.is_success(), "{}", transcript(&b));
+    assert!(b
+        .report
+        .diagnostics
+        .iter()
+        .any(|d| d.starts_with("patched: off")));
+    assert!(b
+        .report
+        .diagnostics
+        .iter()
+        .any(|d| d == "op irq.disable -> native"));
 }
 
 /// A test filter on the command line shrinks the plan: the kernel really reads it.
