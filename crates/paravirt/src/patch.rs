@@ -290,7 +290,7 @@ mod tests {
         for info in crate::ops::OP_INFO {
             let len = site_len(info.op);
             assert!(
-                len >= INDIRECT_CALL_LEN && len <= MAX_SITE_LEN,
+                (INDIRECT_CALL_LEN..=MAX_SITE_LEN).contains(&len),
                 "{}",
                 info.name
             );

@@ -89,7 +89,7 @@ fn control_registers(_: &mut Ctx) -> TestResult {
     let cr4 = cpu::read_cr4();
     ensure!(cr4 & 0x20 != 0, "CR4 {:#x} lacks PAE", cr4);
     let root = paravirt::mmu::read_cr3() & crate::mm::paging::ADDR_MASK;
-    ensure!(root != 0 && root % 4096 == 0, "CR3 {:#x}", root);
+    ensure!(root != 0 && root.is_multiple_of(4096), "CR3 {:#x}", root);
     ensure!(
         crate::mm::paging::translate(root) == Some(root),
         "page tables not identity-mapped"

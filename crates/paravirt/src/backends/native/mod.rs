@@ -13,7 +13,7 @@ use crate::table::PvOps;
 pub const BACKEND: Backend = Backend {
     name: "native",
     detect: |_, _| Some(0),
-    install: install,
+    install,
 };
 
 fn install(_: &InitEnv, _: &mut PvOps) -> (OpSet, AbiLine) {

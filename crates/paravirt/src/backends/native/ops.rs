@@ -386,7 +386,7 @@ fn calibrate_tsc_with_pit() -> u64 {
     loop {
         let c = pit_count();
         let elapsed = c0.wrapping_sub(c);
-        if elapsed >= SPAN && elapsed < 0x8000 {
+        if (SPAN..0x8000).contains(&elapsed) {
             let ticks = read_tsc() - t0;
             return ticks * PIT_HZ / u64::from(elapsed) / 1000;
         }
