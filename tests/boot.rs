@@ -193,7 +193,7 @@ fn unpatched_kernel_passes() {
         .report
         .diagnostics
         .iter()
-        .any(|d| d == "op irq.disable -> native"));
+        .any(|d| d == "op irq.disable -> indirect"));
 }
 
 /// A test filter on the command line shrinks the plan: the kernel really reads it.

@@ -76,11 +76,12 @@ impl Selection<'_> {
     /// How `op` is served: `native-inline`, `native`, or the backend's name (and
     /// `indirect` when sites were not patched).
     pub fn implementation(&self, op: Op) -> &'static str {
-        let inline = !self.provided.contains(op) && op.info().native_inline.is_some();
+        let inline = op.info().native_inline.is_some();
         match (self.patched.is_some(), self.provided.contains(op)) {
-            (_, true) => self.decision.backend.name,
+            (false, _) => "indirect",
+            (true, true) => self.decision.backend.name,
             (true, false) if inline => "native-inline",
-            _ => "native",
+            (true, false) => "native",
         }
     }
 

@@ -5,6 +5,7 @@ use alloc::string::String;
 use crate::boot::BootInfo;
 use crate::tap::{self, Outcome};
 
+mod bench;
 mod boot;
 mod cpu;
 mod irq;
@@ -75,6 +76,7 @@ pub fn all() -> impl Iterator<Item = &'static Test> {
         .chain(irq::TESTS)
         .chain(time::TESTS)
         .chain(lock::TESTS)
+        .chain(bench::TESTS)
 }
 
 /// Runs every test whose name starts with `filter`; returns the number failed.

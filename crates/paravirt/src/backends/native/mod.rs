@@ -1,6 +1,7 @@
 //! The native backend: every op is the bare instruction (bare metal, or a
 //! hypervisor that virtualizes the instruction in hardware).
 
+pub mod bench;
 pub mod ops;
 
 #[cfg(all(test, target_arch = "x86_64"))]
