@@ -10,6 +10,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod build;
 pub mod matrix;
 pub mod platform;
@@ -28,6 +29,9 @@ pub enum LabError {
     /// The launcher could not be started.
     #[error("{0}: cannot launch: {1}")]
     Launch(String, String),
+    /// A benchmark boot did not complete.
+    #[error("{0}: benchmark boot failed: {1}")]
+    Bench(String, String),
     /// Results could not be written.
     #[error("cannot write {0}: {1}")]
     Output(String, String),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pvlab::platform::{self, Platform};
-use pvlab::{build, matrix};
+use pvlab::{bench, build, matrix};
 
 /// Build pvkernel, boot it on every platform present, and report the TAP results
 /// as a matrix. Exits non-zero if any test on any platform fails.
@@ -35,6 +35,16 @@ enum Cmd {
     Matrix,
     /// List the platforms and whether this machine has them.
     List,
+    /// Per-op cost of (a) the raw instruction, (b) the patched site and (c) the
+    /// unpatched indirect call, on every platform present.
+    Bench {
+        /// Iterations per measurement (the kernel also runs twice as many).
+        #[arg(long, default_value_t = 1000)]
+        iters: u64,
+        /// Cycle measurements per op and form; the least is kept.
+        #[arg(long, default_value_t = 5)]
+        reps: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,14 +77,36 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Matrix => {
-            let kernel = match cli.kernel {
-                Some(k) => k,
-                None => {
-                    eprintln!("pvlab: building pvkernel…");
-                    build::kernel()?
+        Cmd::Bench { iters, reps } => {
+            let kernel = kernel_path(cli.kernel)?;
+            let mut results = Vec::new();
+            for p in selected {
+                if let Err(why) = p.availability() {
+                    eprintln!("pvlab: {:<18} SKIP: {why}", p.name);
+                    continue;
                 }
-            };
+                eprintln!("pvlab: {:<18} benchmarking ({iters} iterations)…", p.name);
+                match bench::measure(p, &kernel, iters, reps) {
+                    Ok(r) => results.push(r),
+                    Err(e) => eprintln!("pvlab: {e}"),
+                }
+            }
+            print!("{}", bench::render(&results));
+            let dir = build::output_dir();
+            let path = dir.join("bench.json");
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::write(
+                        &path,
+                        serde_json::to_string_pretty(&results).unwrap_or_default(),
+                    )
+                })
+                .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
+            println!("bench.json: {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Matrix => {
+            let kernel = kernel_path(cli.kernel)?;
             let rows = matrix::run(&selected, &kernel, &cli.cmdline, cli.verbose);
             print!("{}", matrix::render(&rows));
             let dir = build::output_dir();
@@ -85,6 +117,16 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+    }
+}
+
+fn kernel_path(given: Option<PathBuf>) -> Result<PathBuf, pvlab::LabError> {
+    match given {
+        Some(k) => Ok(k),
+        None => {
+            eprintln!("pvlab: building pvkernel…");
+            build::kernel()
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Bench {
     pub name: String,
     /// Its numeric fields.
     pub fields: Vec<(String, f64)>,
+    /// Its other `key=value` fields.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Everything parsed from one run.
@@ -187,13 +189,18 @@ impl TapReport {
 fn parse_bench(rest: &str) -> Option<Bench> {
     let mut words = rest.split_whitespace();
     let name = words.next()?.to_string();
-    let fields = words
-        .filter_map(|w| {
-            let (k, v) = w.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect();
-    Some(Bench { name, fields })
+    let (mut fields, mut labels) = (Vec::new(), Vec::new());
+    for (k, v) in words.filter_map(|w| w.split_once('=')) {
+        match v.parse::<f64>() {
+            Ok(n) => fields.push((k.to_string(), n)),
+            Err(_) => labels.push((k.to_string(), v.to_string())),
+        }
+    }
+    Some(Bench {
+        name,
+        fields,
+        labels,
+    })
 }
 
 #[cfg(test)]
@@ -211,7 +218,7 @@ not ok 2 - mem.heap
   message: \"heap leaked 8 bytes\"
   ...
 ok 3 - cpu.msr # SKIP x2APIC enabled
-# bench irq.disable iters=1000 cycles_per_op=3.5 exits=0
+# bench irq.disable impl=native-inline iters=1000 cycles_per_op=3.5 exits=0
 ";
 
     #[test]
@@ -230,6 +237,10 @@ ok 3 - cpu.msr # SKIP x2APIC enabled
         assert_eq!(r.platform_field("hv").as_deref(), Some("KVMKVMKVM"));
         assert_eq!(r.benches[0].name, "irq.disable");
         assert_eq!(r.benches[0].fields[1], ("cycles_per_op".to_string(), 3.5));
+        assert_eq!(
+            r.benches[0].labels,
+            [("impl".to_string(), "native-inline".to_string())]
+        );
         assert!(!r.is_success());
         assert!(r.problems().iter().any(|p| p.contains("heap leaked")));
     }

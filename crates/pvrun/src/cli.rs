@@ -26,7 +26,7 @@ With --stats, the run ends with one more line on stderr (before any error):
 KVM's per-vCPU counters (KVM_GET_STATS_FD) for the whole run, those this KVM
 has; or 'pvrun: stats: unavailable: <why>'.
 
-Port 0xf5 is a bench marker: the guest brackets a region of its code with
+Port 0xf8 is a bench marker: the guest brackets a region of its code with
 START/STOP and reads back the emulated instructions and exits it took (see
 the README).";
 

@@ -1,4 +1,4 @@
-//! The emulated devices: the COM1 UART, the bench marker on port 0xf5, and
+//! The emulated devices: the COM1 UART, the bench marker on port 0xf8, and
 //! the defaults for every other port and MMIO address (writes ignored, reads
 //! all-ones).
 

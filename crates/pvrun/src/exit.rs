@@ -165,16 +165,16 @@ mod tests {
     fn bench_marker_port_reaches_the_vcpus_marker() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf5, &[0; 4]), 0, &mut devices),
+            handle_exit(VcpuExit::IoOut(0xf8, &[0; 4]), 0, &mut devices),
             ExitAction::Continue
         );
         let mut data = [0x55u8; 4];
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0xf5, &mut data), 0, &mut devices),
+            handle_exit(VcpuExit::IoIn(0xf8, &mut data), 0, &mut devices),
             ExitAction::Continue
         );
         assert_eq!(data, [0; 4], "no statistics: RESET reads 0");
-        handle_exit(VcpuExit::IoOut(0xf5, &[7, 0, 0, 0]), 0, &mut devices);
+        handle_exit(VcpuExit::IoOut(0xf8, &[7, 0, 0, 0]), 0, &mut devices);
         let s = devices.stats();
         assert_eq!(
             (s.bench_accesses, s.bench_garbage, s.unknown_pio),

@@ -87,8 +87,8 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Bench-marker port: lets the guest count the instructions KVM emulated
 /// and the VM exits it took for a region of its code, from KVM's per-vCPU
 /// binary statistics (`insn_emulation` and `exits`). An ABI shared with the
-/// guest kernel (pvkernel); every access is 32 bits (`out 0xf5, eax` /
-/// `in eax, 0xf5`):
+/// guest kernel (pvkernel); every access is 32 bits (`out 0xf8, eax` /
+/// `in eax, 0xf8`):
 ///
 /// | guest does | effect |
 /// | --- | --- |
@@ -107,7 +107,9 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// (reads of another size return all-ones and consume nothing) and counted
 /// in `DeviceStats::bench_garbage`. If the counters cannot be read at START
 /// or STOP, STOP leaves nothing pending. Each vCPU has its own marker state.
-pub const BENCH_MARKER_PORT: u16 = 0xf5;
+/// Not 0xf5: QEMU's isa-debug-exit is usually mapped with `iosize=4`, covering
+/// 0xf4..=0xf7, and the same kernel runs there.
+pub const BENCH_MARKER_PORT: u16 = 0xf8;
 /// Bench-marker command: reset, then read the magic.
 pub const BENCH_RESET: u32 = 0;
 /// Bench-marker command: start a measured region.

@@ -1,4 +1,4 @@
-//! End-to-end tests of the bench-marker port (0xf5) and `--stats`, with
+//! End-to-end tests of the bench-marker port (0xf8) and `--stats`, with
 //! crafted guests that print what they measured to COM1.
 
 mod common;
@@ -131,15 +131,15 @@ fn the_marker_overhead_is_constant() {
 /// must read the magic or 0. Exits with 0, or 124 if a read was wrong.
 fn garbage_guest() -> Vec<u8> {
     let mut code = bench_out(7); // unknown command
-    code.extend_from_slice(&[0xb0, 0x01, 0xe6, 0xf5]); // mov al, 1; out 0xf5, al (8-bit)
-    code.extend_from_slice(&[0x66, 0xb8, 0x02, 0x00, 0x66, 0xe7, 0xf5]); // out 0xf5, ax (16-bit)
-    code.extend_from_slice(&[0xe4, 0xf5]); // in al, 0xf5 (8-bit)
+    code.extend_from_slice(&[0xb0, 0x01, 0xe6, 0xf8]); // mov al, 1; out 0xf8, al (8-bit)
+    code.extend_from_slice(&[0x66, 0xb8, 0x02, 0x00, 0x66, 0xe7, 0xf8]); // out 0xf8, ax (16-bit)
+    code.extend_from_slice(&[0xe4, 0xf8]); // in al, 0xf8 (8-bit)
     code.extend(bench_out(2)); // STOP without START
     let mut fail = asm::debug_exit(124);
     // Nothing pending: a 32-bit read is all-ones.
     code.extend(bench_in());
     code.extend_from_slice(&[0x83, 0xf8, 0xff]); // cmp eax, -1
-    let mut check = vec![0x31, 0xc0, 0xe7, 0xf5]; // RESET
+    let mut check = vec![0x31, 0xc0, 0xe7, 0xf8]; // RESET
     check.extend(bench_in());
     check.extend_from_slice(&[0x85, 0xc0, 0x74, 0x07]); // test eax, eax; jz ok
     check.push(0x3d); // cmp eax, magic

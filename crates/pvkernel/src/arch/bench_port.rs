@@ -1,13 +1,13 @@
-//! pvrun's bench marker port (0xf5): exact guest instruction and exit counts for a
+//! pvrun's bench marker port (0xf8): exact guest instruction and exit counts for a
 //! code region, from KVM's per-vCPU statistics. Protocol (crates/pvrun/README.md):
 //! `out` 0 = reset (the next `in` returns the magic when counters exist), 1 = start,
 //! 2 = stop; after a stop four `in`s return insn low/high and exits low/high.
 
-const PORT: u16 = 0xf5;
+const PORT: u16 = 0xf8;
 const MAGIC: u32 = 0x6d62_7670; // "pvbm"
 
 fn out(v: u32) {
-    // SAFETY: port 0xf5 is pvrun's marker port; elsewhere the write goes nowhere.
+    // SAFETY: port 0xf8 is pvrun's marker port; elsewhere the write goes nowhere.
     unsafe { core::arch::asm!("out dx, eax", in("dx") PORT, in("eax") v, options(nomem, nostack)) };
 }
 

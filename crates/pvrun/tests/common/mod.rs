@@ -178,23 +178,23 @@ pub mod asm {
     /// Debug-exit value of a guest whose RESET read neither the magic nor 0: status 251.
     pub const EXIT_NO_MAGIC: u8 = 125;
 
-    /// `mov eax, cmd; out 0xf5, eax`
+    /// `mov eax, cmd; out 0xf8, eax`
     pub fn bench_out(cmd: u32) -> Vec<u8> {
         let mut v = vec![0xb8];
         v.extend_from_slice(&cmd.to_le_bytes());
-        v.extend_from_slice(&[0xe7, 0xf5]);
+        v.extend_from_slice(&[0xe7, 0xf8]);
         v
     }
 
-    /// `in eax, 0xf5`
+    /// `in eax, 0xf8`
     pub fn bench_in() -> Vec<u8> {
-        vec![0xe5, 0xf5]
+        vec![0xe5, 0xf8]
     }
 
     /// RESET, read the port, go on if it returned the magic; otherwise
     /// debug-exit with [`EXIT_NO_STATS`] (it read 0) or [`EXIT_NO_MAGIC`].
     pub fn bench_reset_expect_magic() -> Vec<u8> {
-        let mut v = vec![0x31, 0xc0, 0xe7, 0xf5]; // xor eax, eax; out 0xf5, eax
+        let mut v = vec![0x31, 0xc0, 0xe7, 0xf8]; // xor eax, eax; out 0xf8, eax
         v.extend(bench_in());
         v.push(0x3d); // cmp eax, BENCH_MAGIC
         v.extend_from_slice(&BENCH_MAGIC.to_le_bytes());
@@ -206,13 +206,13 @@ pub mod asm {
         v
     }
 
-    /// A measured region: `mov eax, 1; out 0xf5, eax` (START), `inc eax`,
-    /// `nops` × `nop`, `out 0xf5, eax` (STOP).
+    /// A measured region: `mov eax, 1; out 0xf8, eax` (START), `inc eax`,
+    /// `nops` × `nop`, `out 0xf8, eax` (STOP).
     pub fn bench_region(nops: usize) -> Vec<u8> {
         let mut v = bench_out(1);
         v.push(0x40); // inc eax
         v.extend(std::iter::repeat_n(0x90, nops));
-        v.extend_from_slice(&[0xe7, 0xf5]);
+        v.extend_from_slice(&[0xe7, 0xf8]);
         v
     }
 
