@@ -102,7 +102,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     })
 }
 
-/// Deliberate faults for the host's tests of the fatal paths.
+/// Deliberate endings for the host's tests of the fatal paths.
 fn crash(kind: &str) -> ! {
     match kind {
         "page_fault" => {
@@ -111,6 +111,7 @@ fn crash(kind: &str) -> ! {
             tap::bail_out(format_args!("read of unmapped memory returned {:#x}", v))
         }
         "panic" => panic!("requested by pvkernel.crash=panic"),
+        "reboot" => paravirt::power::reboot(),
         "hang" => loop {
             paravirt::irq::disable();
             paravirt::irq::halt();

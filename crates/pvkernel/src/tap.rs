@@ -18,7 +18,7 @@ static BAILING: AtomicBool = AtomicBool::new(false);
 pub fn line(args: fmt::Arguments) {
     let mut c = Console;
     let _ = c.write_fmt(args);
-    let _ = c.write_str("\n");
+    paravirt::console::write(b"\n");
 }
 
 /// Prints a `# ` diagnostic line.
