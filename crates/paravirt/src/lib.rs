@@ -141,3 +141,79 @@ pub fn decide_patch(op: Op, provided: &OpSet, ops: &PvOps) -> Patch {
         _ => Patch::Call(ops.target(op)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::BACKENDS;
+
+    fn selection(patched: bool, provided: &[Op]) -> Selection<'static> {
+        let mut set = OpSet::EMPTY;
+        for &op in provided {
+            set.insert(op);
+        }
+        Selection {
+            decision: Decision {
+                backend: &BACKENDS[1],
+                priority: 30,
+                by_override: false,
+                problem: None,
+            },
+            provided: set,
+            abi: AbiLine {
+                name: "kvm-pv",
+                features: Some(0x8),
+            },
+            patched: patched.then(PatchStats::default),
+        }
+    }
+
+    #[test]
+    fn fallback_report_names_each_implementation() {
+        let s = selection(true, &[Op::TimeClockNs, Op::CpuIoDelay]);
+        assert_eq!(s.implementation(Op::TimeClockNs), "kvm");
+        assert_eq!(
+            s.implementation(Op::CpuIoDelay),
+            "kvm",
+            "a provided op beats its native form"
+        );
+        assert_eq!(s.implementation(Op::IrqDisable), "native-inline");
+        assert_eq!(
+            s.implementation(Op::CpuCpuid),
+            "native",
+            "no short form: a call to native"
+        );
+        let unpatched = selection(false, &[Op::TimeClockNs]);
+        assert_eq!(unpatched.implementation(Op::TimeClockNs), "indirect");
+        assert_eq!(unpatched.implementation(Op::IrqDisable), "indirect");
+    }
+
+    #[test]
+    fn patch_decision_follows_the_fallback() {
+        let mut ops = PvOps::NATIVE;
+        extern "C" fn fake_clock() -> u64 {
+            42
+        }
+        ops.time.clock_ns = fake_clock;
+        let mut provided = OpSet::EMPTY;
+        provided.insert(Op::TimeClockNs);
+        assert_eq!(
+            decide_patch(Op::TimeClockNs, &provided, &ops),
+            Patch::Call(fake_clock as usize as u64)
+        );
+        assert_eq!(
+            decide_patch(Op::IrqDisable, &provided, &ops),
+            Patch::Inline(&[0xfa])
+        );
+        assert_eq!(
+            decide_patch(Op::ConsoleWrite, &provided, &ops),
+            Patch::Call(ops.console.write as usize as u64)
+        );
+        // A backend that overrides an op with a native form gets a call, not the bytes.
+        provided.insert(Op::CpuIoDelay);
+        assert!(matches!(
+            decide_patch(Op::CpuIoDelay, &provided, &ops),
+            Patch::Call(_)
+        ));
+    }
+}
