@@ -57,6 +57,37 @@ pub struct InitParams<'a> {
     pub cmdline: &'a str,
     /// Physical address of a kernel virtual address.
     pub virt_to_phys: fn(u64) -> u64,
+    /// The running CPU's number (its APIC ID, below [`MAX_CPUS`]); must work on
+    /// every CPU from before it calls any op.
+    pub current_cpu: fn() -> u32,
+}
+
+/// Most CPUs the per-CPU state of the backends has room for.
+pub const MAX_CPUS: usize = 8;
+
+static CURRENT_CPU: AtomicUsize = AtomicUsize::new(0);
+static VIRT_TO_PHYS: AtomicUsize = AtomicUsize::new(0);
+
+/// The running CPU's number, as the kernel reports it (0 before [`init`]).
+pub fn current_cpu() -> u32 {
+    let f = CURRENT_CPU.load(Ordering::Relaxed);
+    if f == 0 {
+        return 0;
+    }
+    // SAFETY: only `init` stores non-zero values, each a `fn() -> u32`.
+    let f: fn() -> u32 = unsafe { core::mem::transmute::<usize, fn() -> u32>(f) };
+    f()
+}
+
+/// Physical address of a kernel virtual address (identity before [`init`]).
+pub fn virt_to_phys(va: u64) -> u64 {
+    let f = VIRT_TO_PHYS.load(Ordering::Relaxed);
+    if f == 0 {
+        return va;
+    }
+    // SAFETY: only `init` stores non-zero values, each a `fn(u64) -> u64`.
+    let f: fn(u64) -> u64 = unsafe { core::mem::transmute::<usize, fn(u64) -> u64>(f) };
+    f(va)
 }
 
 /// The outcome of [`init`].
@@ -92,6 +123,7 @@ impl Selection<'_> {
 }
 
 static INIT_DONE: AtomicUsize = AtomicUsize::new(0);
+static SELECTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Selects the backend, installs its ops and patches every call site.
 ///
@@ -118,6 +150,10 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
         virt_to_phys: params.virt_to_phys,
     };
     let (provided, abi) = (decision.backend.install)(&env, &mut ops);
+    SELECTED.store(
+        decision.backend as *const select::Backend as usize,
+        Ordering::Release,
+    );
     // SAFETY: one CPU, no op running (caller's contract).
     unsafe { table::PV_OPS.install(ops) };
     let patch_off = select::cmdline_value(params.cmdline, "pv.patch") == Some("off");
@@ -130,6 +166,18 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
         provided,
         abi,
         patched,
+    }
+}
+
+/// Sets up the selected backend's per-CPU state (kvmclock, steal time, ...) on a
+/// secondary CPU. Once per CPU, on that CPU, before it calls any op other than the
+/// cpu and irq groups; safe before the heap exists.
+pub fn init_secondary() {
+    let b = SELECTED.load(Ordering::Acquire);
+    if b != 0 {
+        // SAFETY: `init` stored a pointer to an entry of the static BACKENDS table.
+        let backend = unsafe { &*(b as *const select::Backend) };
+        (backend.init_cpu)(current_cpu());
     }
 }
 

@@ -138,6 +138,8 @@ pub struct Backend {
     /// Overwrites the ops it implements in `ops` (the rest stay native) and returns
     /// their set, plus a one-line description of the ABI in use.
     pub install: fn(&InitEnv, &mut PvOps) -> (OpSet, AbiLine),
+    /// Per-CPU set-up on a secondary CPU (the boot CPU's is part of `install`).
+    pub init_cpu: fn(u32),
 }
 
 /// A short description of the ABI a backend found (`kvm-pv features=0x...`).

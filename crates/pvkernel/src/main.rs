@@ -14,7 +14,9 @@ mod arch;
 mod boot;
 mod lock;
 mod mm;
+mod percpu;
 mod platform;
+mod smp;
 mod suite;
 mod sync;
 mod tap;
@@ -26,13 +28,16 @@ pub use paravirt::select::cmdline_value;
 /// Entered from a boot protocol with everything it told us.
 pub fn kernel_main(boot: BootInfo) -> ! {
     tap::line(format_args!("TAP version 14"));
-    arch::gdt::init();
+    let bsp = arch::apic::id();
+    percpu::init_this_cpu(bsp);
+    arch::gdt::init(bsp);
     arch::traps::init();
     // SAFETY: one CPU, interrupts off, no op in flight; the kernel is identity-mapped.
     let selection = unsafe {
         paravirt::init(&paravirt::InitParams {
             cmdline: boot.cmdline(),
             virt_to_phys: |v| v,
+            current_cpu: percpu::current_id,
         })
     };
     arch::apic::mask_legacy_pic();
@@ -87,6 +92,21 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         crash(kind);
     }
 
+    boot::smp::mark_online(bsp);
+    smp::init();
+    let expected = expected_cpus(boot.cmdline());
+    if expected > 1 {
+        let online = boot::smp::start_aps(expected, 1_000_000_000);
+        diag!(
+            "cpus: {} online (mask {:#x}), {} expected",
+            online.count_ones(),
+            online,
+            expected
+        );
+    } else {
+        diag!("cpus: 1 online (mask {:#x})", boot::smp::online_mask());
+    }
+
     let filter = cmdline_value(boot.cmdline(), "pvkernel.tests").unwrap_or("");
     let mut ctx = suite::Ctx {
         boot: &boot,
@@ -100,6 +120,19 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     } else {
         tap::EXIT_FAILED
     })
+}
+
+/// How many CPUs to wait for: `pvkernel.cpus=N`, else what CPUID leaf 1 says
+/// (logical processors per package, when the HTT bit is set), capped at MAX_CPUS.
+fn expected_cpus(cmdline: &str) -> u32 {
+    if let Some(n) = cmdline_value(cmdline, "pvkernel.cpus").and_then(|v| v.parse().ok()) {
+        return u32::min(n, paravirt::MAX_CPUS as u32);
+    }
+    let l1 = paravirt::cpu::cpuid(1, 0);
+    if l1.edx & (1 << 28) == 0 {
+        return 1;
+    }
+    ((l1.ebx >> 16) & 0xff).clamp(1, paravirt::MAX_CPUS as u32)
 }
 
 /// Deliberate endings for the host's tests of the fatal paths.

@@ -152,7 +152,9 @@ pub fn flush_tlb_one(va: u64) {
 }
 
 /// Flushes `[start, end)` on every CPU in `cpus` (bit n = CPU n), waiting until
-/// all are done. Native flushes this CPU; other CPUs need the kernel's IPI handler.
+/// all are done. This CPU flushes itself; the others are reached through the
+/// kernel's handler (see [`set_remote_flush`]) unless the backend can do better
+/// (KVM flushes preempted vCPUs on their next entry instead).
 #[inline(always)]
 pub fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
     // SAFETY: a flush only drops cached translations.
@@ -194,4 +196,28 @@ pub fn lazy_leave() {
 pub fn lazy_flush() {
     // SAFETY: applies writes the caller already vouched for.
     unsafe { pv_site!(Op::MmuLazyFlush;) };
+}
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// How the kernel flushes other CPUs' TLBs: `(cpus, start, end)`, returning when
+/// they are done. Registered once by the kernel when it can send IPIs.
+pub type RemoteFlush = fn(u64, u64, u64);
+
+static REMOTE_FLUSH: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the kernel's remote TLB flush (IPIs and a wait for completion).
+pub fn set_remote_flush(f: RemoteFlush) {
+    REMOTE_FLUSH.store(f as usize, Ordering::Release);
+}
+
+/// Flushes `[start, end)` on the CPUs in `cpus` other than this one, through the
+/// kernel's handler (nothing happens before one is registered).
+pub(crate) fn remote_flush(cpus: u64, start: u64, end: u64) {
+    let f = REMOTE_FLUSH.load(Ordering::Acquire);
+    if f != 0 && cpus != 0 {
+        // SAFETY: only `set_remote_flush` stores non-zero values, each a RemoteFlush.
+        let f: RemoteFlush = unsafe { core::mem::transmute::<usize, RemoteFlush>(f) };
+        f(cpus, start, end);
+    }
 }

@@ -7,6 +7,8 @@ use paravirt::cpu;
 pub const TIMER_VECTOR: u8 = 0x40;
 /// Vector for test IPIs.
 pub const TEST_IPI_VECTOR: u8 = 0x41;
+/// Vector that runs a cross-CPU call (see `smp::call`).
+pub const CALL_VECTOR: u8 = 0x42;
 /// Spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -49,6 +51,42 @@ pub fn init() {
     super::traps::set_irq_handler(TIMER_VECTOR, |_| paravirt::apic::eoi());
     super::traps::set_irq_handler(TEST_IPI_VECTOR, |_| paravirt::apic::eoi());
     super::traps::set_irq_handler(SPURIOUS_VECTOR, |_| {});
+}
+
+const ICR_LOW: u64 = 0x300;
+const ICR_HIGH: u64 = 0x310;
+/// ICR destination shorthand "all excluding self".
+const ALL_BUT_SELF: u32 = 0b11 << 18;
+
+fn read(reg: u64) -> u32 {
+    // SAFETY: as `write`.
+    unsafe { core::ptr::read_volatile((base() + reg) as *const u32) }
+}
+
+fn send_icr(low: u32) {
+    write(ICR_HIGH, 0);
+    write(ICR_LOW, low);
+    while read(ICR_LOW) & (1 << 12) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+fn delay_us(us: u64) {
+    let t0 = paravirt::time::clock_ns();
+    while paravirt::time::clock_ns() - t0 < us * 1000 {
+        core::hint::spin_loop();
+    }
+}
+
+/// INIT, then two STARTUPs with `vector` (the trampoline's page number), to every
+/// other CPU (SDM vol. 3, 8.4.4.1).
+pub fn send_init_sipi_all(vector: u8) {
+    send_icr(ALL_BUT_SELF | (1 << 14) | (0b101 << 8)); // INIT, assert
+    delay_us(10_000);
+    for _ in 0..2 {
+        send_icr(ALL_BUT_SELF | (0b110 << 8) | u32::from(vector)); // STARTUP
+        delay_us(200);
+    }
 }
 
 /// Fires [`TIMER_VECTOR`] once after `ticks` APIC-timer ticks (divide by 1).

@@ -1,14 +1,12 @@
-//! GDT with a TSS, so that a double fault runs on its own stack (IST1).
+//! GDT with a TSS per CPU, so that a double fault runs on its own stack (IST1).
 
 use paravirt::cpu::{self, DescriptorTablePointer};
+use paravirt::MAX_CPUS;
 
 use crate::sync::BootCell;
 
 /// Kernel code selector (same as the boot GDT's, so CS need not be reloaded).
 pub const KERNEL_CS: u16 = 0x08;
-/// Kernel data selector.
-#[allow(dead_code)]
-pub const KERNEL_DS: u16 = 0x10;
 /// TSS selector.
 pub const TSS_SEL: u16 = 0x18;
 /// IST slot used for #DF.
@@ -17,6 +15,7 @@ pub const IST_DOUBLE_FAULT: u8 = 1;
 const IST_STACK_SIZE: usize = 16 * 1024;
 
 /// 64-bit TSS (Intel SDM vol. 3, 8.7).
+#[derive(Clone, Copy)]
 #[repr(C, packed(4))]
 struct Tss {
     reserved0: u32,
@@ -32,9 +31,10 @@ struct Tss {
 struct IstStack([u8; IST_STACK_SIZE]);
 
 #[link_section = ".stack"]
-static DOUBLE_FAULT_STACK: BootCell<IstStack> = BootCell::new(IstStack([0; IST_STACK_SIZE]));
+static DOUBLE_FAULT_STACKS: BootCell<[IstStack; MAX_CPUS]> =
+    BootCell::new([const { IstStack([0; IST_STACK_SIZE]) }; MAX_CPUS]);
 
-static TSS: BootCell<Tss> = BootCell::new(Tss {
+const TSS: Tss = Tss {
     reserved0: 0,
     rsp: [0; 3],
     reserved1: 0,
@@ -42,21 +42,27 @@ static TSS: BootCell<Tss> = BootCell::new(Tss {
     reserved2: 0,
     reserved3: 0,
     iomap_base: core::mem::size_of::<Tss>() as u16,
-});
+};
 
-static GDT: BootCell<[u64; 5]> = BootCell::new([
+static TSSES: BootCell<[Tss; MAX_CPUS]> = BootCell::new([TSS; MAX_CPUS]);
+
+const GDT: [u64; 5] = [
     0,
     0x00af_9a00_0000_ffff, // 64-bit code
     0x00cf_9200_0000_ffff, // data
     0,                     // TSS low
     0,                     // TSS high
-]);
+];
 
-/// Loads the kernel GDT and TSS. Once, on the boot CPU, before interrupts.
-pub fn init() {
-    // SAFETY: boot CPU only, before anything else references TSS or GDT.
-    let (tss, gdt) = unsafe { (TSS.get_mut(), GDT.get_mut()) };
-    let ist_top = DOUBLE_FAULT_STACK.as_ptr() as u64 + IST_STACK_SIZE as u64;
+static GDTS: BootCell<[[u64; 5]; MAX_CPUS]> = BootCell::new([GDT; MAX_CPUS]);
+
+/// Loads CPU `cpu`'s GDT and TSS. Once per CPU, on that CPU, before interrupts.
+pub fn init(cpu: u32) {
+    let i = cpu as usize % MAX_CPUS;
+    // SAFETY: each CPU touches only its own slots, once, before anything else does.
+    let (tss, gdt) = unsafe { (&mut TSSES.get_mut()[i], &mut GDTS.get_mut()[i]) };
+    let stacks = DOUBLE_FAULT_STACKS.as_ptr() as u64;
+    let ist_top = stacks + ((i + 1) * IST_STACK_SIZE) as u64;
     tss.ist[usize::from(IST_DOUBLE_FAULT) - 1] = ist_top;
 
     let base = tss as *const Tss as u64;

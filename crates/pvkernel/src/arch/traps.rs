@@ -250,6 +250,16 @@ static IDT: BootCell<[IdtEntry; 256]> = BootCell::new(
     }; 256],
 );
 
+/// Loads the (shared) IDT on a secondary CPU.
+pub fn load_on_this_cpu() {
+    let ptr = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
+        base: IDT.as_ptr() as u64,
+    };
+    // SAFETY: the boot CPU built the IDT before starting any other CPU.
+    unsafe { cpu::load_idt(&ptr) };
+}
+
 /// Builds and loads the IDT. Once, on the boot CPU, after [`super::gdt::init`].
 pub fn init() {
     debug_assert!(!has_error_code(0) && has_error_code(14));

@@ -2,6 +2,7 @@
 //! nothing above this module knows how the kernel was entered.
 
 pub mod pvh;
+pub mod smp;
 
 /// Largest number of memory regions kept.
 pub const MAX_REGIONS: usize = 64;

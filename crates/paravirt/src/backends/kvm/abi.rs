@@ -41,8 +41,32 @@ pub const MSR_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
 pub const MSR_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
 /// MSR_KVM_STEAL_TIME (msr.rst): GPA of a [`KvmStealTime`] (64-byte aligned) | enable.
 pub const MSR_STEAL_TIME: u32 = 0x4b56_4d03;
+/// MSR_KVM_PV_EOI_EN (msr.rst): GPA of a 4-byte aligned, zeroed word | enable.
+pub const MSR_PV_EOI_EN: u32 = 0x4b56_4d04;
+/// MSR_KVM_POLL_CONTROL (msr.rst): bit 0 = 1 lets the host poll before halting.
+pub const MSR_POLL_CONTROL: u32 = 0x4b56_4d05;
 /// The enable bit of the MSRs above.
 pub const MSR_ENABLE: u64 = 1;
+/// Bit of the PV EOI word KVM sets when the next EOI may skip the APIC (msr.rst).
+pub const PV_EOI_BIT: u32 = 0;
+
+/// `kvm_steal_time.preempted` flags (msr.rst).
+pub mod preempted {
+    /// The vCPU is not running.
+    pub const PREEMPTED: u8 = 1 << 0;
+    /// Flush the vCPU's TLB before it runs again.
+    pub const FLUSH_TLB: u8 = 1 << 1;
+}
+
+/// Hypercall numbers (hypercalls.rst).
+pub mod hc {
+    /// Wake a vCPU halted in `lock.wait`: rbx = flags (0), rcx = APIC ID.
+    pub const KICK_CPU: u64 = 5;
+    /// IPI a set of vCPUs: rbx/rcx = bitmap low/high, rdx = lowest APIC ID, rsi = ICR.
+    pub const SEND_IPI: u64 = 10;
+    /// Yield to a preempted vCPU: rbx = its APIC ID.
+    pub const SCHED_YIELD: u64 = 11;
+}
 
 /// `struct pvclock_vcpu_time_info` (pvclock-abi.h), 32 bytes.
 #[derive(Clone, Copy, Debug, Default)]

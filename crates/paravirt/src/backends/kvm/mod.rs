@@ -13,4 +13,5 @@ pub const BACKEND: Backend = Backend {
     name: "kvm",
     detect: probe::detect,
     install: ops::install,
+    init_cpu: ops::init_cpu,
 };

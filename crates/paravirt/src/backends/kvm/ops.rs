@@ -1,40 +1,49 @@
-//! The mapping from the API onto KVM's ABI.
+//! The mapping from the API onto KVM's ABI. Each feature is used only when CPUID
+//! 0x40000001 advertises it; otherwise the op stays native.
 //!
-//! | op | KVM mechanism | needs |
-//! |----|---------------|-------|
+//! | op | KVM mechanism | feature |
+//! |----|---------------|---------|
 //! | cpu.io_delay | nothing | NOP_IO_DELAY |
-//! | time.clock_ns, time.sched_clock, time.tsc_khz | kvmclock (pvclock under its version seqlock) | CLOCKSOURCE2 |
+//! | time.clock_ns, sched_clock, tsc_khz | kvmclock, per CPU, under its version seqlock | CLOCKSOURCE2 |
 //! | time.wall_clock | MSR_KVM_WALL_CLOCK_NEW + kvmclock | CLOCKSOURCE2 |
-//! | time.steal_clock, lock.vcpu_is_preempted | steal-time record | STEAL_TIME |
+//! | time.steal_clock, lock.vcpu_is_preempted | steal-time record, per CPU | STEAL_TIME |
+//! | mmu.flush_tlb_multi | preempted vCPUs flagged FLUSH_TLB in their steal-time record, the rest by IPI | PV_TLB_FLUSH + STEAL_TIME |
+//! | apic.eoi | `btr` of the PV EOI word; the APIC only when KVM did not set it | PV_EOI |
+//! | apic.send_ipi_mask | KVM_HC_SEND_IPI | PV_SEND_IPI |
+//! | lock.wait / lock.kick | halt until KVM_HC_KICK_CPU | PV_UNHALT |
+//! | (boot) | MSR_KVM_POLL_CONTROL = 1 | POLL_CONTROL |
 //!
-//! Records are for the boot CPU; secondary CPUs register theirs when SMP arrives.
+//! The hypercall instruction is `vmcall` on Intel and `vmmcall` on AMD/Hygon.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use super::abi::{self, feature, KvmStealTime, PvclockVcpuTimeInfo, PvclockWallClock};
+use super::abi::{self, feature, hc, KvmStealTime, PvclockVcpuTimeInfo, PvclockWallClock};
 use super::probe;
 use crate::backends::native::ops as native;
 use crate::ops::time::WallClock;
 use crate::ops::Op;
 use crate::select::{AbiLine, InitEnv, OpSet};
 use crate::table::PvOps;
+use crate::{current_cpu, virt_to_phys, MAX_CPUS};
 
-/// Memory the hypervisor writes into.
+/// Memory the hypervisor writes into, one per CPU.
 #[repr(C, align(64))]
-struct Shared {
+struct PerCpu {
     steal: KvmStealTime,
     time: PvclockVcpuTimeInfo,
     wall: PvclockWallClock,
+    pv_eoi: u32,
 }
 
-struct SharedCell(UnsafeCell<Shared>);
+struct Shared(UnsafeCell<[PerCpu; MAX_CPUS]>);
 
-// SAFETY: the host writes these records; the guest only reads them with volatile
-// loads under the records' version protocol (and writes nothing after set-up).
-unsafe impl Sync for SharedCell {}
+// SAFETY: the host writes these records; the guest reads them with volatile loads
+// under each record's version protocol, and writes only its own CPU's PV EOI word
+// (with one instruction) and steal-time flags (with cmpxchg).
+unsafe impl Sync for Shared {}
 
-static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
+const EMPTY: PerCpu = PerCpu {
     steal: KvmStealTime {
         steal: 0,
         version: 0,
@@ -58,35 +67,98 @@ static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
         sec: 0,
         nsec: 0,
     },
-}));
+    pv_eoi: 0,
+};
 
-fn shared() -> *mut Shared {
-    SHARED.0.get()
+static SHARED: Shared = Shared(UnsafeCell::new([EMPTY; MAX_CPUS]));
+
+fn per_cpu(cpu: u32) -> *mut PerCpu {
+    let i = (cpu as usize).min(MAX_CPUS - 1);
+    // SAFETY: in bounds; only a raw pointer is formed.
+    unsafe { (SHARED.0.get() as *mut PerCpu).add(i) }
 }
 
-/// Physical address of the shared records (filled in at install).
-static SHARED_PHYS: AtomicU64 = AtomicU64::new(0);
+/// Features in use (bit n = KVM feature n), for reports.
+static USED: AtomicU32 = AtomicU32::new(0);
+/// Feature word CPUID advertised.
+static ADVERTISED: AtomicU32 = AtomicU32::new(0);
+static VMMCALL: AtomicBool = AtomicBool::new(false);
 /// Largest clock value handed out, to keep an unstable pvclock monotonic.
 static LAST_NS: AtomicU64 = AtomicU64::new(0);
 static BOOT_NS: AtomicU64 = AtomicU64::new(0);
+static EOI_PV: AtomicU64 = AtomicU64::new(0);
+static EOI_APIC: AtomicU64 = AtomicU64::new(0);
+static TLB_DEFERRED: AtomicU64 = AtomicU64::new(0);
 
-/// Registers what CPUID advertises and overrides the matching ops.
+/// What the backend does with each feature, for the kernel's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPUID 0x40000001 EAX.
+    pub advertised: u32,
+    /// Features in use (same bit numbers).
+    pub used: u32,
+    /// EOIs that KVM let us skip (PV EOI bit was set).
+    pub eoi_pv: u64,
+    /// EOIs written to the APIC.
+    pub eoi_apic: u64,
+    /// Remote TLB flushes deferred to a preempted vCPU's next entry.
+    pub tlb_deferred: u64,
+}
+
+/// The current usage counters.
+pub fn usage() -> Usage {
+    Usage {
+        advertised: ADVERTISED.load(Ordering::Relaxed),
+        used: USED.load(Ordering::Relaxed),
+        eoi_pv: EOI_PV.load(Ordering::Relaxed),
+        eoi_apic: EOI_APIC.load(Ordering::Relaxed),
+        tlb_deferred: TLB_DEFERRED.load(Ordering::Relaxed),
+    }
+}
+
+/// Names of the feature bits, for reports (cpuid.rst).
+pub const FEATURE_NAMES: &[(u32, &str)] = &[
+    (feature::CLOCKSOURCE, "clocksource"),
+    (feature::NOP_IO_DELAY, "nop_io_delay"),
+    (feature::CLOCKSOURCE2, "clocksource2"),
+    (feature::ASYNC_PF, "async_pf"),
+    (feature::STEAL_TIME, "steal_time"),
+    (feature::PV_EOI, "pv_eoi"),
+    (feature::PV_UNHALT, "pv_unhalt"),
+    (feature::PV_TLB_FLUSH, "pv_tlb_flush"),
+    (feature::PV_SEND_IPI, "pv_send_ipi"),
+    (feature::POLL_CONTROL, "poll_control"),
+    (feature::PV_SCHED_YIELD, "pv_sched_yield"),
+    (feature::CLOCKSOURCE_STABLE, "clocksource_stable"),
+];
+
+fn has(bit: u32) -> bool {
+    ADVERTISED.load(Ordering::Relaxed) & (1 << bit) != 0
+}
+
+fn mark_used(bit: u32) {
+    USED.fetch_or(1 << bit, Ordering::Relaxed);
+}
+
+/// Registers the boot CPU's records and overrides the ops CPUID allows.
 pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     let features = probe::features(env.probe, env.cpuid);
-    let has = |bit: u32| features & (1 << bit) != 0;
+    ADVERTISED.store(features, Ordering::Relaxed);
+    let vendor = env.cpuid.cpuid(0, 0);
+    // "AuthenticAMD" / "HygonGenuine": EBX is "Auth" / "Hygo".
+    VMMCALL.store(
+        vendor.ebx == 0x6874_7541 || vendor.ebx == 0x6f67_7948,
+        Ordering::Relaxed,
+    );
     let mut set = OpSet::EMPTY;
-    let phys = (env.virt_to_phys)(shared() as u64);
-    SHARED_PHYS.store(phys, Ordering::Relaxed);
+    let mut take = |op: Op| set.insert(op);
 
     if has(feature::NOP_IO_DELAY) {
         ops.cpu.io_delay = native::nop;
-        set.insert(Op::CpuIoDelay);
+        take(Op::CpuIoDelay);
+        mark_used(feature::NOP_IO_DELAY);
     }
     if has(feature::CLOCKSOURCE2) {
-        let time_pa = phys + core::mem::offset_of!(Shared, time) as u64;
-        // SAFETY: the record is a static the host may write; the MSR is KVM's public
-        // kvmclock MSR, advertised by CLOCKSOURCE2.
-        unsafe { native::write_msr(abi::MSR_SYSTEM_TIME_NEW, time_pa | abi::MSR_ENABLE) };
         ops.time.clock_ns = clock_ns;
         ops.time.sched_clock = sched_clock;
         ops.time.tsc_khz = tsc_khz;
@@ -97,18 +169,47 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
             Op::TimeTscKhz,
             Op::TimeWallClock,
         ] {
-            set.insert(op);
+            take(op);
         }
-        BOOT_NS.store(clock_ns(), Ordering::Relaxed);
+        mark_used(feature::CLOCKSOURCE2);
     }
     if has(feature::STEAL_TIME) {
-        let steal_pa = phys + core::mem::offset_of!(Shared, steal) as u64;
-        // SAFETY: 64-byte aligned static record; public MSR advertised by STEAL_TIME.
-        unsafe { native::write_msr(abi::MSR_STEAL_TIME, steal_pa | abi::MSR_ENABLE) };
         ops.time.steal_clock = steal_clock;
         ops.lock.vcpu_is_preempted = vcpu_is_preempted;
-        set.insert(Op::TimeStealClock);
-        set.insert(Op::LockVcpuIsPreempted);
+        take(Op::TimeStealClock);
+        take(Op::LockVcpuIsPreempted);
+        mark_used(feature::STEAL_TIME);
+        if has(feature::PV_TLB_FLUSH) {
+            ops.mmu.flush_tlb_multi = flush_tlb_multi;
+            take(Op::MmuFlushTlbMulti);
+            mark_used(feature::PV_TLB_FLUSH);
+        }
+    }
+    if has(feature::PV_EOI) {
+        ops.apic.eoi = pv_eoi;
+        take(Op::ApicEoi);
+        mark_used(feature::PV_EOI);
+    }
+    if has(feature::PV_SEND_IPI) {
+        ops.apic.send_ipi_mask = send_ipi_mask;
+        ops.apic.send_ipi = send_ipi;
+        take(Op::ApicSendIpiMask);
+        take(Op::ApicSendIpi);
+        mark_used(feature::PV_SEND_IPI);
+    }
+    if has(feature::PV_UNHALT) {
+        ops.lock.wait = lock_wait;
+        ops.lock.kick = lock_kick;
+        take(Op::LockWait);
+        take(Op::LockKick);
+        mark_used(feature::PV_UNHALT);
+    }
+    if has(feature::POLL_CONTROL) {
+        mark_used(feature::POLL_CONTROL);
+    }
+    init_cpu(current_cpu());
+    if has(feature::CLOCKSOURCE2) {
+        BOOT_NS.store(clock_ns(), Ordering::Relaxed);
     }
     (
         set,
@@ -119,11 +220,66 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     )
 }
 
-/// Reads the pvclock record consistently (version even and unchanged).
-fn read_time_info() -> PvclockVcpuTimeInfo {
-    let p = shared();
+/// Registers this CPU's kvmclock, steal-time and PV EOI records.
+pub fn init_cpu(cpu: u32) {
+    let p = per_cpu(cpu);
+    let msr = |index: u32, field: *const u8| {
+        let value = virt_to_phys(field as u64) | abi::MSR_ENABLE;
+        // SAFETY: `index` is KVM's public MSR for a feature CPUID advertised, and
+        // `field` is this CPU's static record for it.
+        unsafe { native::write_msr(index, value) };
+    };
+    // SAFETY (the three `addr_of!`s): `p` points into the static array; only
+    // addresses are taken.
+    if has(feature::CLOCKSOURCE2) {
+        msr(
+            abi::MSR_SYSTEM_TIME_NEW,
+            unsafe { core::ptr::addr_of!((*p).time) }.cast(),
+        );
+    }
+    if has(feature::STEAL_TIME) {
+        msr(
+            abi::MSR_STEAL_TIME,
+            unsafe { core::ptr::addr_of!((*p).steal) }.cast(),
+        );
+    }
+    if has(feature::PV_EOI) {
+        msr(
+            abi::MSR_PV_EOI_EN,
+            unsafe { core::ptr::addr_of!((*p).pv_eoi) }.cast(),
+        );
+    }
+    if has(feature::POLL_CONTROL) {
+        // SAFETY: public MSR advertised by POLL_CONTROL; 1 lets the host poll.
+        unsafe { native::write_msr(abi::MSR_POLL_CONTROL, 1) };
+    }
+}
+
+/// A hypercall with up to four arguments (rbx, rcx, rdx, rsi), `vmcall` or
+/// `vmmcall` by vendor.
+fn hypercall(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: used only for hypercalls whose feature bit KVM advertised; rbx is
+    // reserved by the compiler, so it is swapped in and out around the call.
+    unsafe {
+        if VMMCALL.load(Ordering::Relaxed) {
+            core::arch::asm!("xchg rbx, {a0}", "vmmcall", "xchg rbx, {a0}",
+                a0 = inout(reg) a0 => _, inout("rax") nr => ret, in("rcx") a1, in("rdx") a2, in("rsi") a3,
+                options(nostack));
+        } else {
+            core::arch::asm!("xchg rbx, {a0}", "vmcall", "xchg rbx, {a0}",
+                a0 = inout(reg) a0 => _, inout("rax") nr => ret, in("rcx") a1, in("rdx") a2, in("rsi") a3,
+                options(nostack));
+        }
+    }
+    ret
+}
+
+/// Reads this CPU's pvclock record consistently (version even and unchanged).
+fn read_time_info(cpu: u32) -> PvclockVcpuTimeInfo {
+    let p = per_cpu(cpu);
     loop {
-        // SAFETY: `p` points at the static record; volatile because the host writes it.
+        // SAFETY: `p` points at a static record; volatile because the host writes it.
         let v1 = unsafe { core::ptr::addr_of!((*p).time.version).read_volatile() };
         fence(Ordering::Acquire);
         // SAFETY: as above.
@@ -139,7 +295,7 @@ fn read_time_info() -> PvclockVcpuTimeInfo {
 }
 
 extern "C" fn clock_ns() -> u64 {
-    let t = read_time_info();
+    let t = read_time_info(current_cpu());
     let delta = native::read_tsc().wrapping_sub(t.tsc_timestamp);
     let ns =
         t.system_time
@@ -147,7 +303,7 @@ extern "C" fn clock_ns() -> u64 {
     if t.flags & abi::PVCLOCK_TSC_STABLE != 0 {
         return ns;
     }
-    // Not stable across CPUs: never go below what anyone has seen (Linux does the same).
+    // Not stable across CPUs: never go below what any CPU has seen (as Linux does).
     let mut last = LAST_NS.load(Ordering::Relaxed);
     loop {
         if ns <= last {
@@ -165,7 +321,7 @@ extern "C" fn sched_clock() -> u64 {
 }
 
 extern "C" fn tsc_khz() -> u64 {
-    let t = read_time_info();
+    let t = read_time_info(current_cpu());
     // ns per tick = mul * 2^shift / 2^32, so kHz = 10^6 * 2^32 / (mul * 2^shift).
     let mut khz = (1_000_000u128 << 32) / u128::from(t.tsc_to_system_mul.max(1));
     if t.tsc_shift < 0 {
@@ -177,10 +333,11 @@ extern "C" fn tsc_khz() -> u64 {
 }
 
 extern "C" fn wall_clock() -> WallClock {
-    let phys = SHARED_PHYS.load(Ordering::Relaxed) + core::mem::offset_of!(Shared, wall) as u64;
-    // SAFETY: asks the host to fill the static wall-clock record (public MSR).
-    unsafe { native::write_msr(abi::MSR_WALL_CLOCK_NEW, phys) };
-    let p = shared();
+    let p = per_cpu(current_cpu());
+    // SAFETY: `p` points into the static array; only the address is taken.
+    let pa = virt_to_phys(unsafe { core::ptr::addr_of!((*p).wall) } as u64);
+    // SAFETY: asks the host to fill this CPU's static wall-clock record (public MSR).
+    unsafe { native::write_msr(abi::MSR_WALL_CLOCK_NEW, pa) };
     let (sec, nsec) = loop {
         // SAFETY: static record the host just wrote; volatile reads.
         let w = unsafe { core::ptr::addr_of!((*p).wall).read_volatile() };
@@ -195,8 +352,8 @@ extern "C" fn wall_clock() -> WallClock {
     }
 }
 
-extern "C" fn steal_clock(_cpu: u32) -> u64 {
-    let p = shared();
+extern "C" fn steal_clock(cpu: u32) -> u64 {
+    let p = per_cpu(cpu);
     loop {
         // SAFETY: static record the host writes; volatile reads under its version.
         let v1 = unsafe { core::ptr::addr_of!((*p).steal.version).read_volatile() };
@@ -212,7 +369,105 @@ extern "C" fn steal_clock(_cpu: u32) -> u64 {
     }
 }
 
-extern "C" fn vcpu_is_preempted(_cpu: u32) -> u64 {
-    // SAFETY: static record the host writes; a single volatile byte read.
-    u64::from(unsafe { core::ptr::addr_of!((*shared()).steal.preempted).read_volatile() } & 1)
+fn preempted_byte(cpu: u32) -> &'static AtomicU8 {
+    // SAFETY: the byte lives in a static record for the whole run; AtomicU8 has the
+    // layout of u8, and both the host and we access it atomically.
+    unsafe { &*(core::ptr::addr_of!((*per_cpu(cpu)).steal.preempted) as *const AtomicU8) }
+}
+
+extern "C" fn vcpu_is_preempted(cpu: u32) -> u64 {
+    u64::from(preempted_byte(cpu).load(Ordering::Relaxed) & abi::preempted::PREEMPTED)
+}
+
+/// Linux's kvm_flush_tlb_multi: a preempted vCPU gets FLUSH_TLB in its steal-time
+/// record (KVM flushes before it runs again); only running ones need the IPI.
+extern "C" fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
+    let me = current_cpu();
+    let mut rest = cpus;
+    let mut m = cpus & !(1 << me);
+    while m != 0 {
+        let cpu = m.trailing_zeros();
+        m &= m - 1;
+        let b = preempted_byte(cpu);
+        let state = b.load(Ordering::Relaxed);
+        if state & abi::preempted::PREEMPTED != 0
+            && b.compare_exchange(
+                state,
+                state | abi::preempted::FLUSH_TLB,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            rest &= !(1 << cpu);
+            TLB_DEFERRED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    native::flush_tlb_multi(rest, start, end);
+}
+
+/// PV EOI: if KVM set the bit, clearing it (one `btr`, so no interrupt can slip
+/// between test and clear) is the whole EOI; otherwise write the APIC.
+extern "C" fn pv_eoi() {
+    // SAFETY: points into the static array; only the address is taken.
+    let word = unsafe { core::ptr::addr_of!((*per_cpu(current_cpu())).pv_eoi) };
+    let was_set: u8;
+    // SAFETY: this CPU's PV EOI word, registered with KVM; only this CPU writes it.
+    unsafe {
+        core::arch::asm!("btr dword ptr [{w}], {bit}", "setc {s}",
+            w = in(reg) word, bit = const abi::PV_EOI_BIT, s = out(reg_byte) was_set,
+            options(nostack));
+    }
+    if was_set != 0 {
+        EOI_PV.fetch_add(1, Ordering::Relaxed);
+    } else {
+        EOI_APIC.fetch_add(1, Ordering::Relaxed);
+        native::apic_eoi();
+    }
+}
+
+/// APIC ICR delivery mode "fixed", physical destination.
+const ICR_FIXED: u64 = 0;
+
+extern "C" fn send_ipi_mask(cpus: u64, vector: u32) {
+    if cpus == 0 {
+        return;
+    }
+    let min = cpus.trailing_zeros();
+    let bitmap = cpus >> min;
+    let r = hypercall(
+        hc::SEND_IPI,
+        bitmap,
+        0,
+        u64::from(min),
+        ICR_FIXED | u64::from(vector & 0xff),
+    );
+    if r < 0 {
+        native::send_ipi_mask(cpus, vector);
+    }
+}
+
+extern "C" fn send_ipi(cpu: u32, vector: u32) {
+    send_ipi_mask(1 << cpu, vector);
+}
+
+/// Halts until kicked while `*byte == value` (as Linux's kvm_wait).
+extern "C" fn lock_wait(byte: *const u8, value: u8) {
+    let flags = native::save_flags();
+    native::irq_disable();
+    // SAFETY: the caller passes a live byte (the lock op's contract).
+    if unsafe { byte.read_volatile() } == value {
+        if flags & crate::ops::irq::FLAGS_IF != 0 {
+            // SAFETY: interrupts were enabled by the caller, so an IDT is loaded.
+            unsafe { native::safe_halt() };
+        } else {
+            native::halt();
+        }
+    }
+    // SAFETY: restores the caller's flags.
+    unsafe { native::restore_flags(flags) };
+}
+
+extern "C" fn lock_kick(cpu: u32) {
+    hypercall(hc::KICK_CPU, 0, u64::from(cpu), 0, 0);
 }

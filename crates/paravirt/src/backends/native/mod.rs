@@ -15,6 +15,7 @@ pub const BACKEND: Backend = Backend {
     name: "native",
     detect: |_, _| Some(0),
     install,
+    init_cpu: |_| {},
 };
 
 fn install(_: &InitEnv, _: &mut PvOps) -> (OpSet, AbiLine) {

@@ -305,9 +305,15 @@ pub(crate) extern "C" fn nop() {}
 pub(crate) extern "C" fn pt_notify(_level: u32, _pfn: u64) {}
 
 pub(crate) extern "C" fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
-    // Only this CPU's TLB is reachable without IPIs; the kernel's shootdown sends
-    // them for the others. A large range is cheaper as a full flush.
-    let _ = cpus;
+    let me = 1u64 << crate::current_cpu();
+    crate::ops::mmu::remote_flush(cpus & !me, start, end);
+    if cpus & me != 0 {
+        flush_tlb_range(start, end);
+    }
+}
+
+/// Flushes `[start, end)` on this CPU; a large range is cheaper as a full flush.
+pub(crate) fn flush_tlb_range(start: u64, end: u64) {
     if end.saturating_sub(start) > 64 * 4096 {
         flush_tlb_all();
     } else {

@@ -1,0 +1,87 @@
+//! Per-CPU data, reached through the GS base (IA32_GS_BASE points at this CPU's
+//! [`PerCpu`]). Indexed by APIC ID, which is below `paravirt::MAX_CPUS` on every
+//! platform we boot.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize};
+
+use paravirt::MAX_CPUS;
+
+const IA32_GS_BASE: u32 = 0xc000_0101;
+
+/// Work another CPU asked this one to do (see `smp::call`).
+#[derive(Default)]
+pub struct Mailbox {
+    /// The function, as `fn(u64) -> u64` (0 = none).
+    pub func: AtomicUsize,
+    /// Its argument.
+    pub arg: AtomicU64,
+    /// Its result.
+    pub result: AtomicU64,
+    /// Incremented by the caller for each request.
+    pub requested: AtomicU64,
+    /// Set to `requested` by this CPU when the request is done.
+    pub done: AtomicU64,
+}
+
+/// One CPU's data.
+#[repr(C)]
+pub struct PerCpu {
+    /// This structure's own address (read through GS).
+    self_ptr: u64,
+    /// The APIC ID.
+    pub apic_id: u64,
+    /// IPIs of the call vector handled here.
+    pub calls_handled: AtomicU64,
+    /// Cross-CPU calls.
+    pub mailbox: Mailbox,
+}
+
+const EMPTY: PerCpu = PerCpu {
+    self_ptr: 0,
+    apic_id: 0,
+    calls_handled: AtomicU64::new(0),
+    mailbox: Mailbox {
+        func: AtomicUsize::new(0),
+        arg: AtomicU64::new(0),
+        result: AtomicU64::new(0),
+        requested: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+    },
+};
+
+static CPUS: crate::sync::BootCell<[PerCpu; MAX_CPUS]> =
+    crate::sync::BootCell::new([EMPTY; MAX_CPUS]);
+
+/// Sets this CPU's GS base to its slot. Once per CPU, first thing after entry.
+pub fn init_this_cpu(apic_id: u32) {
+    let id = apic_id as usize;
+    assert!(id < MAX_CPUS, "APIC ID {} beyond MAX_CPUS", id);
+    // SAFETY: each CPU writes only its own slot, once, before anyone reads it.
+    let slot = unsafe { &mut CPUS.get_mut()[id] };
+    slot.self_ptr = slot as *mut PerCpu as u64;
+    slot.apic_id = u64::from(apic_id);
+    // SAFETY: GS is not otherwise used by the kernel; its base now points at a static.
+    unsafe { paravirt::cpu::write_msr(IA32_GS_BASE, slot.self_ptr) };
+}
+
+/// This CPU's APIC ID (through GS).
+pub fn current_id() -> u32 {
+    let id: u64;
+    // SAFETY: GS points at this CPU's PerCpu (init_this_cpu ran first); apic_id is
+    // the second word.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[8]", out(reg) id, options(nostack, readonly, preserves_flags))
+    };
+    id as u32
+}
+
+/// The data of CPU `apic_id`.
+pub fn of(apic_id: u32) -> &'static PerCpu {
+    // SAFETY: shared access to atomics and fields written once at that CPU's start.
+    unsafe { &(*CPUS.as_ptr())[apic_id as usize % MAX_CPUS] }
+}
+
+/// This CPU's data.
+pub fn this() -> &'static PerCpu {
+    of(current_id())
+}
