@@ -139,6 +139,8 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
         0,
         "paravirt::init runs once"
     );
+    CURRENT_CPU.store(params.current_cpu as usize, Ordering::Relaxed);
+    VIRT_TO_PHYS.store(params.virt_to_phys as usize, Ordering::Relaxed);
     let src = CpuCpuid;
     let probe = Probe::scan(&src);
     let requested = select::cmdline_value(params.cmdline, "pv");

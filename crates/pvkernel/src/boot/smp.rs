@@ -40,9 +40,9 @@ ap_trampoline_start:
     jmp ap_code16
     .org ap_trampoline_start + {gdt}
     .quad 0
-    .quad 0x00cf9a000000ffff          /* 0x08: 32-bit code */
+    .quad 0x00af9a000000ffff          /* 0x08: 64-bit code, as in the kernel's GDT */
     .quad 0x00cf92000000ffff          /* 0x10: data */
-    .quad 0x00af9a000000ffff          /* 0x18: 64-bit code */
+    .quad 0x00cf9a000000ffff          /* 0x18: 32-bit code, only for the switch */
     .org ap_trampoline_start + {gdtr}
     .word 31
     .long {tramp} + {gdt}
@@ -56,9 +56,9 @@ ap_code16:
     mov eax, cr0
     or eax, 1
     mov cr0, eax
-    .byte 0x66, 0xea                  /* jmp far 0x08:ap_prot32 (32-bit offset) */
+    .byte 0x66, 0xea                  /* jmp far 0x18:ap_prot32 (32-bit offset) */
     .long {tramp} + (ap_prot32 - ap_trampoline_start)
-    .word 0x08
+    .word 0x18
 
     .code32
 ap_prot32:
@@ -78,9 +78,9 @@ ap_prot32:
     mov eax, cr0
     or eax, 0x80010001                /* PG | WP | PE */
     mov cr0, eax
-    .byte 0xea                        /* jmp far 0x18:ap_long64 */
+    .byte 0xea                        /* jmp far 0x08:ap_long64 */
     .long {tramp} + (ap_long64 - ap_trampoline_start)
-    .word 0x18
+    .word 0x08
 
     .code64
 ap_long64:

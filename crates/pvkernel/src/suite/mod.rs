@@ -13,6 +13,7 @@ mod lock;
 mod mem;
 mod mmu;
 mod pv;
+mod smp;
 mod time;
 mod trap;
 
@@ -76,6 +77,7 @@ pub fn all() -> impl Iterator<Item = &'static Test> {
         .chain(irq::TESTS)
         .chain(time::TESTS)
         .chain(lock::TESTS)
+        .chain(smp::TESTS)
         .chain(bench::TESTS)
 }
 
