@@ -16,8 +16,8 @@ pub enum Launcher {
     QemuTcg(&'static str),
     /// `qemu-system-x86_64 -accel kvm -M pc` on /dev/kvm.
     QemuKvm,
-    /// Our own VMM on /dev/kvm.
-    Pvrun,
+    /// Our own VMM on /dev/kvm, with `--personality`.
+    Pvrun(&'static str),
 }
 
 /// One row of the matrix.
@@ -31,6 +31,8 @@ pub struct Platform {
     pub expect_platform: &'static str,
     /// The backend the kernel must select there.
     pub expect_backend: &'static str,
+    /// vCPUs to give the guest (the kernel is told to expect them).
+    pub cpus: u32,
     /// Watchdog for one boot.
     #[serde(skip)]
     pub timeout: Duration,
@@ -43,6 +45,7 @@ pub const ALL: &[Platform] = &[
         launcher: Launcher::QemuTcg("pc"),
         expect_platform: "tcg",
         expect_backend: "native",
+        cpus: 1,
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -50,6 +53,7 @@ pub const ALL: &[Platform] = &[
         launcher: Launcher::QemuTcg("q35"),
         expect_platform: "tcg",
         expect_backend: "native",
+        cpus: 1,
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -57,13 +61,39 @@ pub const ALL: &[Platform] = &[
         launcher: Launcher::QemuTcg("microvm"),
         expect_platform: "tcg",
         expect_backend: "native",
+        cpus: 1,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-tcg-smp2",
+        launcher: Launcher::QemuTcg("pc"),
+        expect_platform: "tcg",
+        expect_backend: "native",
+        cpus: 2,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-tcg-smp4",
+        launcher: Launcher::QemuTcg("q35"),
+        expect_platform: "tcg",
+        expect_backend: "native",
+        cpus: 4,
         timeout: Duration::from_secs(60),
     },
     Platform {
         name: "pvrun-kvm",
-        launcher: Launcher::Pvrun,
+        launcher: Launcher::Pvrun("kvm"),
         expect_platform: "kvm",
         expect_backend: "kvm",
+        cpus: 2,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "pvrun-none",
+        launcher: Launcher::Pvrun("none"),
+        expect_platform: "bare",
+        expect_backend: "native",
+        cpus: 2,
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -71,6 +101,7 @@ pub const ALL: &[Platform] = &[
         launcher: Launcher::QemuKvm,
         expect_platform: "kvm",
         expect_backend: "kvm",
+        cpus: 1,
         timeout: Duration::from_secs(120),
     },
 ];
@@ -120,19 +151,23 @@ impl Platform {
         match self.launcher {
             Launcher::QemuTcg(_) => qemu_present(),
             Launcher::QemuKvm => qemu_present().and_then(|()| kvm_usable()),
-            Launcher::Pvrun => kvm_usable(),
+            Launcher::Pvrun(_) => kvm_usable(),
         }
     }
 
     /// The command that boots `kernel` with `cmdline`.
     pub fn command(&self, kernel: &Path, cmdline: &str) -> Result<Command, LabError> {
         let mem = GUEST_MEM_MIB.to_string();
+        let cpus = self.cpus.to_string();
+        let cmdline = format!("{cmdline} pvkernel.cpus={cpus}");
+        let cmdline = cmdline.trim();
         let cmd = match self.launcher {
-            Launcher::QemuTcg(machine) => qemu(kernel, cmdline, machine, "tcg", &mem),
-            Launcher::QemuKvm => qemu(kernel, cmdline, "pc", "kvm", &mem),
-            Launcher::Pvrun => {
+            Launcher::QemuTcg(machine) => qemu(kernel, cmdline, machine, "tcg", &mem, &cpus),
+            Launcher::QemuKvm => qemu(kernel, cmdline, "pc", "kvm", &mem, &cpus),
+            Launcher::Pvrun(personality) => {
                 let mut c = Command::new(build::pvrun()?);
-                c.args(["--mem", &mem, "--timeout"])
+                c.args(["--mem", &mem, "--cpus", &cpus, "--personality", personality])
+                    .arg("--timeout")
                     .arg(self.timeout.as_secs().to_string())
                     .arg("--cmdline")
                     .arg(cmdline)
@@ -144,9 +179,16 @@ impl Platform {
     }
 }
 
-fn qemu(kernel: &Path, cmdline: &str, machine: &str, accel: &str, mem: &str) -> Command {
+fn qemu(
+    kernel: &Path,
+    cmdline: &str,
+    machine: &str,
+    accel: &str,
+    mem: &str,
+    cpus: &str,
+) -> Command {
     let mut c = Command::new(qemu_binary());
-    c.args(["-M", machine, "-accel", accel, "-m", mem])
+    c.args(["-M", machine, "-accel", accel, "-m", mem, "-smp", cpus])
         .args([
             "-nodefaults",
             "-display",

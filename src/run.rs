@@ -89,6 +89,15 @@ impl Boot {
             )),
             None => p.push("no backend on the `# platform:` line".to_string()),
         }
+        if let Some(drift) = self.clock_drift() {
+            if drift.abs() > MAX_CLOCK_DRIFT {
+                p.push(format!(
+                    "guest clock drifts {:+.3} % against the host's over the marks (limit {} %)",
+                    drift * 100.0,
+                    MAX_CLOCK_DRIFT * 100.0
+                ));
+            }
+        }
         if let Some(token) = token {
             match self.report.diagnostic("cmdline token") {
                 Some(t) if t == token => {}
@@ -97,6 +106,28 @@ impl Boot {
             }
         }
         p
+    }
+}
+
+/// Largest relative difference allowed between the guest's clock and the host's
+/// over the `# clock mark` interval.
+pub const MAX_CLOCK_DRIFT: f64 = 0.001;
+
+impl Boot {
+    /// Relative difference of the guest's clock against the host's between the two
+    /// `# clock mark <i> <ns>` lines, timed by their arrival here.
+    pub fn clock_drift(&self) -> Option<f64> {
+        let mark = |i: &str| {
+            self.lines.iter().find_map(|l| {
+                let rest = l.text.strip_prefix("# clock mark ")?;
+                let (idx, ns) = rest.split_once(' ')?;
+                (idx == i).then(|| ns.trim().parse::<u64>().ok().map(|ns| (ns, l.at)))?
+            })
+        };
+        let ((g0, h0), (g1, h1)) = (mark("0")?, mark("1")?);
+        let guest = g1.checked_sub(g0)? as f64;
+        let host = (h1 - h0).as_nanos() as f64;
+        (host > 0.0).then(|| (guest - host) / host)
     }
 }
 

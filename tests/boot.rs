@@ -61,6 +61,29 @@ fn full_suite(name: &str) {
         "{name}: cli not inlined"
     );
     assert_eq!(b.report.platform_field("boot").as_deref(), Some("pvh"));
+    let cpus = b.report.diagnostic("cpus").unwrap_or("");
+    assert!(
+        cpus.starts_with(&format!("{} online", p.cpus)),
+        "{name}: cpus line `{cpus}`"
+    );
+    if p.cpus > 1 {
+        for t in [
+            "smp.ipi_reaches_every_cpu",
+            "smp.tlb_shootdown",
+            "smp.kick_wakes_waiter",
+        ] {
+            let point = b
+                .report
+                .tests
+                .iter()
+                .find(|x| x.name == t)
+                .expect("smp test present");
+            assert!(
+                point.ok && point.skip.is_none(),
+                "{name}: {t} skipped or failed"
+            );
+        }
+    }
     assert_eq!(b.guest_exit_value(), Some(0));
 }
 
@@ -86,8 +109,23 @@ fn qemu_tcg_microvm() {
 }
 
 #[test]
+fn qemu_tcg_smp2() {
+    full_suite("qemu-tcg-smp2");
+}
+
+#[test]
+fn qemu_tcg_smp4() {
+    full_suite("qemu-tcg-smp4");
+}
+
+#[test]
 fn pvrun_kvm() {
     full_suite("pvrun-kvm");
+}
+
+#[test]
+fn pvrun_none() {
+    full_suite("pvrun-none");
 }
 
 #[test]

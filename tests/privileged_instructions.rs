@@ -207,7 +207,8 @@ fn the_scanner_sees_each_form() {
 #[test]
 fn pvkernel_uses_every_op() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ops_src = std::fs::read_to_string(root.join("crates/paravirt/src/ops/mod.rs")).expect("ops/mod.rs");
+    let ops_src =
+        std::fs::read_to_string(root.join("crates/paravirt/src/ops/mod.rs")).expect("ops/mod.rs");
     let names: Vec<&str> = ops_src
         .lines()
         .filter_map(|l| l.split_once("= \"")?.1.split_once('"').map(|(n, _)| n))
@@ -216,13 +217,19 @@ fn pvkernel_uses_every_op() {
     assert!(names.len() >= 45, "parsed only {} op names", names.len());
     let mut files = Vec::new();
     rust_files(&root.join("crates/pvkernel/src"), &mut files);
-    let kernel: String = files.iter().map(|f| std::fs::read_to_string(f).expect("source")).collect();
+    let kernel: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("source"))
+        .collect();
     let used = |path: &str| {
         kernel.match_indices(path).any(|(i, _)| {
             let next = kernel[i + path.len()..].chars().next().unwrap_or(' ');
             !(next.is_ascii_alphanumeric() || next == '_')
         })
     };
-    let unused: Vec<&&str> = names.iter().filter(|n| !used(&n.replace('.', "::"))).collect();
+    let unused: Vec<&&str> = names
+        .iter()
+        .filter(|n| !used(&n.replace('.', "::")))
+        .collect();
     assert!(unused.is_empty(), "ops pvkernel never calls: {unused:?}");
 }

@@ -18,10 +18,16 @@ use crate::arch::bench_port;
 use crate::mm::{frame, paging};
 use crate::{diag, ensure};
 
-pub static TESTS: &[Test] = &[Test {
-    name: "bench.patched_site_costs_the_raw_instruction",
-    run: patch_bench,
-}];
+pub static TESTS: &[Test] = &[
+    Test {
+        name: "bench.clock_sources_and_latencies",
+        run: clock_bench,
+    },
+    Test {
+        name: "bench.patched_site_costs_the_raw_instruction",
+        run: patch_bench,
+    },
+];
 
 /// Cost of one form of one op over a run of iterations, loop overhead included.
 #[derive(Clone, Copy, Default)]
@@ -169,4 +175,160 @@ fn patch_bench(ctx: &mut Ctx) -> TestResult {
         mismatches
     );
     Ok(())
+}
+
+/// Cost of calling `f` once, by the same two-run slope as [`measure`], minus the
+/// cost of calling an empty function.
+fn measure_fn(f: fn(), iters: u64, counted: bool) -> (f64, f64, f64) {
+    fn run(f: fn(), n: u64, counted: bool) -> Cost {
+        let t0 = cpu::read_tsc();
+        if counted {
+            bench_port::start();
+        }
+        for _ in 0..core::hint::black_box(n) {
+            core::hint::black_box(f)();
+        }
+        let (insns, exits) = if counted { bench_port::stop() } else { (0, 0) };
+        Cost {
+            cycles: cpu::read_tsc() - t0,
+            insns,
+            exits,
+        }
+    }
+    fn empty() {}
+    let slope = |f: fn()| {
+        let (a, b) = (run(f, iters, counted), run(f, 2 * iters, counted));
+        (
+            b.cycles.saturating_sub(a.cycles) as f64 / iters as f64,
+            b.insns.saturating_sub(a.insns) as f64 / iters as f64,
+            b.exits.saturating_sub(a.exits) as f64 / iters as f64,
+        )
+    };
+    let (c, i, e) = slope(f);
+    let (c0, i0, e0) = slope(empty);
+    (c - c0, i - i0, e - e0)
+}
+
+fn read_clock() {
+    core::hint::black_box(paravirt::time::clock_ns());
+}
+fn read_tsc() {
+    core::hint::black_box(cpu::read_tsc());
+}
+fn read_pit() {
+    core::hint::black_box(crate::arch::pit::count());
+}
+fn read_steal() {
+    core::hint::black_box(paravirt::time::steal_clock(crate::percpu::current_id()));
+}
+fn eoi() {
+    paravirt::apic::eoi();
+}
+
+/// Clock sources and other per-call costs: kvmclock (or the native clock) vs raw
+/// `rdtsc` vs an exit-based clock (the PIT), steal time, EOI. Where counts are
+/// exact and the clock is paravirtual: at most 30 instructions and no exit.
+fn clock_bench(ctx: &mut Ctx) -> TestResult {
+    let counted = bench_port::present();
+    let iters = 50;
+    let flags = irq::save_flags();
+    irq::disable();
+    let rows: [(&str, paravirt::ops::Op, fn()); 5] = [
+        ("time.clock_ns", paravirt::ops::Op::TimeClockNs, read_clock),
+        ("cpu.rdtsc", paravirt::ops::Op::CpuCpuid, read_tsc),
+        ("pit.read", paravirt::ops::Op::CpuCpuid, read_pit),
+        (
+            "time.steal_clock",
+            paravirt::ops::Op::TimeStealClock,
+            read_steal,
+        ),
+        ("apic.eoi", paravirt::ops::Op::ApicEoi, eoi),
+    ];
+    let mut problems = String::new();
+    for (name, op, f) in rows {
+        let imp = if name.starts_with("time.") || name.starts_with("apic.") {
+            ctx.selection.implementation(op)
+        } else {
+            "raw"
+        };
+        let (c, i, e) = measure_fn(f, iters, counted);
+        if counted {
+            diag!(
+                "bench {} impl={} cycles={:.1} insns={:.2} exits={:.2}",
+                name,
+                imp,
+                c,
+                i,
+                e
+            );
+            let pv = imp == "kvm";
+            if pv && name == "time.clock_ns" && (i > 30.0 || e > 0.0) {
+                let _ = write!(
+                    problems,
+                    " kvmclock read costs {:.1} insns, {:.2} exits;",
+                    i, e
+                );
+            }
+            if pv && name == "time.steal_clock" && e > 0.0 {
+                let _ = write!(problems, " steal-time read exits {:.2} times;", e);
+            }
+        } else {
+            diag!("bench {} impl={} cycles={:.1}", name, imp, c);
+        }
+    }
+    // SAFETY: saved on this CPU above.
+    unsafe { irq::restore_flags(flags) };
+    cross_cpu_latency(iters);
+    ensure!(problems.is_empty(), "targets missed:{}", problems);
+    Ok(())
+}
+
+fn nothing(_: u64) -> u64 {
+    0
+}
+
+static WOKEN_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static GATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+fn wait_then_stamp(_: u64) -> u64 {
+    use core::sync::atomic::Ordering;
+    while GATE.load(Ordering::Acquire) == 0 {
+        paravirt::lock::wait(&GATE, 0);
+    }
+    WOKEN_AT.store(paravirt::time::clock_ns(), Ordering::Release);
+    0
+}
+
+/// IPI round trip (a call that does nothing) and kick→wake latency to another CPU.
+fn cross_cpu_latency(iters: u64) {
+    use core::sync::atomic::Ordering;
+    let me = crate::percpu::current_id();
+    let others = crate::boot::smp::online_mask() & !(1 << me);
+    if others == 0 {
+        return;
+    }
+    let cpu = others.trailing_zeros();
+    let t0 = paravirt::time::clock_ns();
+    for _ in 0..iters {
+        let _ = crate::smp::call(cpu, nothing, 0);
+    }
+    let rtt = (paravirt::time::clock_ns() - t0) / iters;
+    let mut total = 0;
+    let rounds = 10;
+    for _ in 0..rounds {
+        GATE.store(0, Ordering::Release);
+        let pending = crate::smp::call_async(cpu, wait_then_stamp, 0);
+        // Let the waiter reach its wait.
+        let spin = paravirt::time::clock_ns();
+        while paravirt::time::clock_ns() - spin < 200_000 {
+            core::hint::spin_loop();
+        }
+        let kicked = paravirt::time::clock_ns();
+        GATE.store(1, Ordering::Release);
+        paravirt::lock::kick(cpu);
+        let _ = pending.wait(1_000_000_000);
+        total += WOKEN_AT.load(Ordering::Acquire).saturating_sub(kicked);
+    }
+    diag!("bench smp.ipi_round_trip cpu={} ns={}", cpu, rtt);
+    diag!("bench smp.kick_to_wake cpu={} ns={}", cpu, total / rounds);
 }

@@ -9,6 +9,7 @@ mod bench;
 mod boot;
 mod cpu;
 mod irq;
+mod kvm;
 mod lock;
 mod mem;
 mod mmu;
@@ -78,6 +79,7 @@ pub fn all() -> impl Iterator<Item = &'static Test> {
         .chain(time::TESTS)
         .chain(lock::TESTS)
         .chain(smp::TESTS)
+        .chain(kvm::TESTS)
         .chain(bench::TESTS)
 }
 

@@ -34,6 +34,10 @@ pub static TESTS: &[Test] = &[
         name: "time.steal_never_decreases",
         run: steal,
     },
+    Test {
+        name: "time.clock_marks_for_the_host",
+        run: clock_marks,
+    },
 ];
 
 fn tsc_monotonic(_: &mut Ctx) -> TestResult {
@@ -140,5 +144,31 @@ fn steal(_: &mut Ctx) -> TestResult {
         ensure!(now >= prev, "steal went back: {} -> {}", prev, now);
         prev = now;
     }
+    Ok(())
+}
+
+/// Prints two `# clock mark` lines at least 1.2 s apart (by this clock), for the
+/// host to compare with its own clock as the lines arrive. Waits with interrupts
+/// and `sti; hlt`, never spinning. Runs where the clock is paravirtual.
+pub fn clock_marks(ctx: &mut Ctx) -> TestResult {
+    let provided = ctx
+        .selection
+        .provided
+        .contains(paravirt::ops::Op::TimeClockNs);
+    if !provided && crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.clockmarks").is_none() {
+        return skip("native clock; pvkernel.clockmarks=1 forces the marks");
+    }
+    let t0 = time::clock_ns();
+    crate::diag!("clock mark 0 {}", t0);
+    let mut now = t0;
+    while now - t0 < 1_200_000_000 {
+        paravirt::irq::disable();
+        crate::arch::apic::one_shot(10_000_000);
+        // SAFETY: the IDT is loaded; the timer handler acknowledges.
+        unsafe { paravirt::irq::safe_halt() };
+        paravirt::irq::disable();
+        now = time::clock_ns();
+    }
+    crate::diag!("clock mark 1 {}", now);
     Ok(())
 }
