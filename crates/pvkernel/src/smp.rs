@@ -70,6 +70,10 @@ impl Pending {
             if paravirt::time::clock_ns() - t0 > timeout_ns {
                 return Err(CallError::Timeout);
             }
+            // A descheduled target cannot answer: give it our time (as Linux does).
+            if paravirt::lock::vcpu_is_preempted(self.cpu) {
+                paravirt::lock::yield_to(self.cpu);
+            }
             core::hint::spin_loop();
         }
         Ok(mb.result.load(Ordering::Relaxed))

@@ -13,15 +13,17 @@ pub struct LockOps {
     pub wait: extern "C" fn(*const u8, u8),
     pub kick: extern "C" fn(u32),
     pub vcpu_is_preempted: extern "C" fn(u32) -> u64,
+    pub yield_to: extern "C" fn(u32),
 }
 
 impl LockOps {
     /// Native, as Linux's: waiting returns at once (the caller spins), kicking does
-    /// nothing, and no CPU is ever preempted.
+    /// nothing, no CPU is ever preempted, and yielding is a pause.
     pub const NATIVE: LockOps = LockOps {
         wait: native::lock_wait,
         kick: native::lock_kick,
         vcpu_is_preempted: native::vcpu_is_preempted,
+        yield_to: native::lock_yield_to,
     };
 }
 
@@ -49,4 +51,12 @@ pub fn vcpu_is_preempted(cpu: u32) -> bool {
     // SAFETY: a query.
     unsafe { pv_site!(Op::LockVcpuIsPreempted; in("rdi") cpu, lateout("rax") v,) };
     v != 0
+}
+
+/// Gives the rest of this vCPU's time slice to `cpu` (APIC ID), which the caller
+/// waits for and found preempted ([`vcpu_is_preempted`]). A hint: may do nothing.
+#[inline(always)]
+pub fn yield_to(cpu: u32) {
+    // SAFETY: a scheduling hint with no memory effect.
+    unsafe { pv_site!(Op::LockYieldTo; in("rdi") cpu,) };
 }

@@ -181,6 +181,8 @@ define_ops! {
     LockKick = "lock.kick", lock.kick, None;
     /// Whether a vCPU is descheduled.
     LockVcpuIsPreempted = "lock.vcpu_is_preempted", lock.vcpu_is_preempted, None;
+    /// Give this vCPU's time to a preempted one.
+    LockYieldTo = "lock.yield_to", lock.yield_to, None;
     /// Early console write.
     ConsoleWrite = "console.write", console.write, None;
     /// Power off with a status.

@@ -11,6 +11,7 @@
 //! | apic.eoi | `btr` of the PV EOI word; the APIC only when KVM did not set it | PV_EOI |
 //! | apic.send_ipi_mask | KVM_HC_SEND_IPI | PV_SEND_IPI |
 //! | lock.wait / lock.kick | halt until KVM_HC_KICK_CPU | PV_UNHALT |
+//! | lock.yield_to | KVM_HC_SCHED_YIELD | PV_SCHED_YIELD |
 //! | (boot) | MSR_KVM_POLL_CONTROL = 1 | POLL_CONTROL |
 //!
 //! The hypercall instruction is `vmcall` on Intel and `vmmcall` on AMD/Hygon.
@@ -203,6 +204,11 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
         take(Op::LockWait);
         take(Op::LockKick);
         mark_used(feature::PV_UNHALT);
+    }
+    if has(feature::PV_SCHED_YIELD) {
+        ops.lock.yield_to = yield_to;
+        take(Op::LockYieldTo);
+        mark_used(feature::PV_SCHED_YIELD);
     }
     if has(feature::POLL_CONTROL) {
         mark_used(feature::POLL_CONTROL);
@@ -466,6 +472,10 @@ extern "C" fn lock_wait(byte: *const u8, value: u8) {
     }
     // SAFETY: restores the caller's flags.
     unsafe { native::restore_flags(flags) };
+}
+
+extern "C" fn yield_to(cpu: u32) {
+    hypercall(hc::SCHED_YIELD, u64::from(cpu), 0, 0, 0);
 }
 
 extern "C" fn lock_kick(cpu: u32) {

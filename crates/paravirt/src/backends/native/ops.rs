@@ -559,6 +559,10 @@ pub(crate) extern "C" fn lock_wait(_byte: *const u8, _value: u8) {}
 
 pub(crate) extern "C" fn lock_kick(_cpu: u32) {}
 
+pub(crate) extern "C" fn lock_yield_to(_cpu: u32) {
+    core::hint::spin_loop();
+}
+
 pub(crate) extern "C" fn vcpu_is_preempted(_cpu: u32) -> u64 {
     0
 }
