@@ -45,6 +45,8 @@ pub struct PlatformBench {
     pub platform: &'static str,
     /// Rows.
     pub ops: Vec<OpCost>,
+    /// The kernel's other `# bench` lines (clock sources, cross-CPU latencies).
+    pub other: Vec<Bench>,
 }
 
 fn net(b: &Bench, form: &str, metric: &str) -> Option<f64> {
@@ -76,7 +78,9 @@ pub fn measure(
     let unpatched = benches(platform, kernel, &format!("{base} pv.patch=off"))?;
     let unpatched: BTreeMap<&str, &Bench> =
         unpatched.iter().map(|b| (b.name.as_str(), b)).collect();
-    let ops = patched
+    let (per_op, other): (Vec<Bench>, Vec<Bench>) =
+        patched.into_iter().partition(|b| field(b, "raw_cycles").is_some());
+    let ops = per_op
         .iter()
         .map(|b| {
             let c = unpatched.get(b.name.as_str());
@@ -112,6 +116,7 @@ pub fn measure(
     Ok(PlatformBench {
         platform: platform.name,
         ops,
+        other,
     })
 }
 
@@ -186,6 +191,21 @@ pub fn render(results: &[PlatformBench]) -> String {
                     cell(o.loop_cycles),
                 ));
             }
+        }
+    }
+    s
+}
+
+/// The other benchmarks, one line each.
+pub fn render_other(results: &[PlatformBench]) -> String {
+    let mut s = String::new();
+    for p in results.iter().filter(|p| !p.other.is_empty()) {
+        s.push_str(&format!("\n{}: clocks and cross-CPU latencies\n", p.platform));
+        for b in &p.other {
+            let labels = b.labels.iter().map(|(k, v)| format!("{k}={v}"));
+            let fields = b.fields.iter().map(|(k, v)| format!("{k}={v}"));
+            let all: Vec<String> = labels.chain(fields).collect();
+            s.push_str(&format!("  {:<22} {}\n", b.name, all.join(" ")));
         }
     }
     s

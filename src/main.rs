@@ -92,6 +92,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
                 }
             }
             print!("{}", bench::render(&results));
+            print!("{}", bench::render_other(&results));
             let dir = build::output_dir();
             let path = dir.join("bench.json");
             std::fs::create_dir_all(&dir)
