@@ -249,7 +249,7 @@ mod tests {
         provided.insert(Op::TimeClockNs);
         assert_eq!(
             decide_patch(Op::TimeClockNs, &provided, &ops),
-            Patch::Call(fake_clock as usize as u64)
+            Patch::Call(fake_clock as *const () as u64)
         );
         assert_eq!(
             decide_patch(Op::IrqDisable, &provided, &ops),

@@ -36,6 +36,7 @@ pub struct PerCpu {
     pub mailbox: Mailbox,
 }
 
+#[allow(clippy::declare_interior_mutable_const)] // used only as an array initializer
 const EMPTY: PerCpu = PerCpu {
     self_ptr: 0,
     apic_id: 0,
