@@ -6,14 +6,19 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{VmConfig, TIMEOUT_MAX};
+use crate::cpuid::{parse_feature_mask, Personality};
 
 const AFTER_HELP: &str = "\
 The guest's serial port (COM1) is copied to stdout, line by line.
 
 Exit status:
   (v << 1) | 1  the guest wrote v to port 0xf4 (QEMU isa-debug-exit): always odd
-  2             bad input: arguments, kernel file, memory size, command line
+  0             the guest wrote 0xfe to port 0x64 (keyboard-controller reset);
+                stderr says 'pvrun: guest requested a reset'; also --probe-host
+  2             bad input: arguments, kernel file, memory size, --cpus,
+                --cpuid-mask, command line
   4             the guest crashed: triple fault, KVM internal error, failed entry
+                (the message names the vCPU: 'vCPU 1: triple fault ...')
   6             KVM unavailable: device missing, permission denied, not KVM,
                 wrong API version or a missing capability
   70            pvrun itself failed (e.g. could not allocate guest memory)
@@ -28,7 +33,22 @@ has; or 'pvrun: stats: unavailable: <why>'.
 
 Port 0xf8 is a bench marker: the guest brackets a region of its code with
 START/STOP and reads back the emulated instructions and exits it took (see
-the README).";
+the README).
+
+Hypercall probe (personality kvm): before building the VM, pvrun runs a tiny
+probe VM that makes one KVM hypercall (vmcall, or vmmcall on AMD/Hygon hosts)
+under a 100 ms watchdog. If it does not return, the hypercall-based KVM
+features pv_unhalt (7), pv_send_ipi (11), pv_sched_yield (13) and
+hc_map_gpa_range (16) are cleared from CPUID 0x40000001 EAX.
+--no-hypercall-probe skips it (saving its ~100 ms where hypercalls hang)
+and clears them anyway. --probe-host shows what was found and decided.
+
+KVM feature names for --cpuid-mask: clocksource (0), nop_io_delay (1),
+mmu_op (2), clocksource2 (3), async_pf (4), steal_time (5), pv_eoi (6),
+pv_unhalt (7), pv_tlb_flush (9), async_pf_vmexit (10), pv_send_ipi (11),
+poll_control (12), pv_sched_yield (13), async_pf_int (14),
+msi_ext_dest_id (15), hc_map_gpa_range (16), migration_control (17),
+clocksource_stable_bit (24); or bit numbers 0..=31.";
 
 /// Boots a PVH kernel ELF in a minimal KVM virtual machine.
 #[derive(Debug, Clone, Parser)]
@@ -36,15 +56,17 @@ the README).";
     name = "pvrun",
     version,
     about = "Boots a PVH kernel ELF in a minimal KVM virtual machine",
-    long_about = "Boots a PVH kernel ELF in a minimal KVM virtual machine: one vCPU, \
-                  guest RAM at physical address 0, a 16550 UART on COM1 (0x3f8) copied to \
-                  stdout, and QEMU's isa-debug-exit port at 0xf4 to end the run with a status.",
+    long_about = "Boots a PVH kernel ELF in a minimal KVM virtual machine: 1 to 8 vCPUs \
+                  (vCPU 0 enters the kernel, the others wait for INIT-SIPI-SIPI), guest RAM at \
+                  physical address 0, a 16550 UART on COM1 (0x3f8) copied to stdout, and \
+                  QEMU's isa-debug-exit port at 0xf4 to end the run with a status.",
     after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// The kernel: an x86-64 ELF with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)
-    #[arg(value_name = "KERNEL")]
-    pub kernel: PathBuf,
+    /// The kernel: an x86-64 ELF with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY);
+    /// required unless --probe-host
+    #[arg(value_name = "KERNEL", required_unless_present = "probe_host")]
+    pub kernel: Option<PathBuf>,
 
     /// Guest RAM in MiB (16..=16384)
     #[arg(long, value_name = "MiB", default_value_t = crate::layout::MEM_MIB_DEFAULT, allow_negative_numbers = true)]
@@ -71,6 +93,41 @@ pub struct Cli {
     /// At the end, print KVM's exit and emulated-instruction counts on stderr
     #[arg(long)]
     pub stats: bool,
+
+    /// Number of vCPUs (1..=8); vCPU 0 boots, the others wait for INIT-SIPI-SIPI
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
+    pub cpus: u32,
+
+    /// What the guest sees of the hypervisor: kvm (KVM's CPUID leaves
+    /// 0x40000000/1, minus cleared bits) or none (no hypervisor bit, no
+    /// 0x400000xx leaves)
+    #[arg(long, value_name = "NAME", value_enum, default_value_t = Personality::Kvm)]
+    pub personality: Personality,
+
+    /// KVM feature bits to clear from CPUID 0x40000001 EAX: comma-separated
+    /// names (e.g. pv_eoi,steal_time) and/or bit numbers; may be repeated
+    #[arg(long, value_name = "LIST", value_parser = parse_cpuid_mask)]
+    pub cpuid_mask: Vec<u32>,
+
+    /// Skip the hypercall probe (~100 ms where hypercalls hang) and assume
+    /// hypercalls do not return: the hypercall-based KVM features are cleared
+    #[arg(long)]
+    pub no_hypercall_probe: bool,
+
+    /// Print what the host offers (KVM version, capabilities, CPUID, the
+    /// hypercall probe) and what pvrun would advertise, then exit 0
+    #[arg(long, conflicts_with = "kernel")]
+    pub probe_host: bool,
+}
+
+/// Parses a `--cpuid-mask` list (see [`parse_feature_mask`]).
+pub fn parse_cpuid_mask(s: &str) -> Result<u32, String> {
+    parse_feature_mask(s).map_err(|e| e.to_string())
 }
 
 /// Parses a timeout in seconds: a positive decimal number.
@@ -95,14 +152,19 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 impl Cli {
     /// The run configuration (validated later, by [`crate::run`]); `--stats`
-    /// is not part of it (the binary prints them).
+    /// and `--probe-host` are not part of it (the binary acts on them). The
+    /// kernel path is empty with `--probe-host`.
     pub fn into_config(self) -> VmConfig {
         VmConfig {
-            kernel: self.kernel,
+            kernel: self.kernel.unwrap_or_default(),
             mem_mib: self.mem,
             cmdline: self.cmdline,
             timeout: self.timeout,
             kvm_path: self.kvm,
+            cpus: self.cpus,
+            personality: self.personality,
+            cpuid_mask: self.cpuid_mask.iter().fold(0, |m, b| m | b),
+            hypercall_probe: !self.no_hypercall_probe,
         }
     }
 }
@@ -192,6 +254,67 @@ mod tests {
         assert_eq!(c.cmdline, "a b");
         assert_eq!(c.kvm_path, PathBuf::from("/x"));
         assert_eq!(c.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn smp_and_cpuid_options() {
+        let c = parse(&["k"]).unwrap().into_config();
+        assert_eq!(
+            (c.cpus, c.personality, c.cpuid_mask, c.hypercall_probe),
+            (1, Personality::Kvm, 0, true)
+        );
+        let c = parse(&[
+            "--cpus",
+            "4",
+            "--personality",
+            "none",
+            "--cpuid-mask",
+            "pv_eoi,steal_time",
+            "--cpuid-mask",
+            "3",
+            "--no-hypercall-probe",
+            "k",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(c.cpus, 4);
+        assert_eq!(c.personality, Personality::None);
+        assert_eq!(c.cpuid_mask, (1 << 6) | (1 << 5) | (1 << 3));
+        assert!(!c.hypercall_probe);
+        for (cpus, ok) in [
+            ("0", false),
+            ("1", true),
+            ("8", true),
+            ("9", false),
+            ("-1", false),
+        ] {
+            let parsed = parse(&["--cpus", cpus, "k"]);
+            let valid = parsed.is_ok_and(|c| c.into_config().validate().is_ok());
+            assert_eq!(valid, ok, "--cpus {cpus}");
+        }
+        assert!(parse(&["--personality", "xen", "k"]).is_err());
+    }
+
+    #[test]
+    fn unknown_mask_names_are_usage_errors_listing_the_names() {
+        let err = parse(&["--cpuid-mask", "pv_eoi,bogus", "k"]).unwrap_err();
+        let line = clap_error_line(&err);
+        assert!(line.contains("unknown KVM feature 'bogus'"), "{line}");
+        assert!(
+            line.contains("valid names: clocksource, nop_io_delay"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn probe_host_needs_no_kernel() {
+        let c = parse(&["--probe-host"]).unwrap();
+        assert!(c.probe_host && c.kernel.is_none());
+        let c = parse(&["--probe-host", "--kvm", "/x", "--cpuid-mask", "5"]).unwrap();
+        assert_eq!(c.into_config().cpuid_mask, 1 << 5);
+        assert!(parse(&["--probe-host", "k"]).is_err());
+        assert!(parse(&[]).is_err());
     }
 
     #[test]

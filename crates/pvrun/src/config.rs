@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cpuid::Personality;
 use crate::layout;
 use crate::pvh::{self, BootInfoError};
 
 /// Longest accepted timeout (one day): keeps `Instant + timeout` finite.
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// Most vCPUs a VM may have.
+pub const CPUS_MAX: u32 = 8;
 
 /// The configuration of one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,11 +25,23 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// The KVM device.
     pub kvm_path: PathBuf,
+    /// Number of vCPUs (1..=[`CPUS_MAX`]); vCPU 0 boots, the others wait
+    /// for INIT/SIPI.
+    pub cpus: u32,
+    /// What the guest sees of the hypervisor in CPUID.
+    pub personality: Personality,
+    /// KVM feature bits (CPUID 0x40000001 EAX) to hide from the guest, as
+    /// parsed by [`crate::cpuid::parse_feature_mask`].
+    pub cpuid_mask: u32,
+    /// Run the hypercall probe (once per process) before building the VM;
+    /// if false, hypercalls are assumed to hang and the hypercall-based
+    /// features are hidden.
+    pub hypercall_probe: bool,
 }
 
 impl VmConfig {
     /// A configuration with the defaults: 128 MiB, empty command line, 60 s,
-    /// `/dev/kvm`.
+    /// `/dev/kvm`, one vCPU, personality kvm, no mask, hypercall probe on.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
@@ -34,6 +49,10 @@ impl VmConfig {
             cmdline: String::new(),
             timeout: Duration::from_secs(60),
             kvm_path: PathBuf::from("/dev/kvm"),
+            cpus: 1,
+            personality: Personality::Kvm,
+            cpuid_mask: 0,
+            hypercall_probe: true,
         }
     }
 
@@ -47,6 +66,9 @@ impl VmConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(layout::MEM_MIB_MIN..=layout::MEM_MIB_MAX).contains(&self.mem_mib) {
             return Err(ConfigError::MemOutOfRange { mib: self.mem_mib });
+        }
+        if !(1..=CPUS_MAX).contains(&self.cpus) {
+            return Err(ConfigError::CpusOutOfRange { cpus: self.cpus });
         }
         pvh::check_cmdline(&self.cmdline)?;
         if self.timeout.is_zero() || self.timeout > TIMEOUT_MAX {
@@ -70,6 +92,12 @@ pub enum ConfigError {
     MemOutOfRange {
         /// The rejected size.
         mib: u64,
+    },
+    /// `cpus` is outside 1..=[`CPUS_MAX`].
+    #[error("vCPU count {cpus} is out of range: --cpus must be between 1 and {CPUS_MAX}")]
+    CpusOutOfRange {
+        /// The rejected count.
+        cpus: u32,
     },
     /// The command line cannot be passed to the kernel.
     #[error(transparent)]
@@ -123,6 +151,25 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "memory size 8 MiB is out of range: --mem must be between 16 and 16384 MiB"
+        );
+    }
+
+    #[test]
+    fn cpus_range_is_enforced() {
+        for (cpus, ok) in [(0, false), (1, true), (2, true), (8, true), (9, false)] {
+            let c = VmConfig {
+                cpus,
+                ..VmConfig::new("k")
+            };
+            assert_eq!(c.validate().is_ok(), ok, "{cpus} CPUs");
+        }
+        let c = VmConfig {
+            cpus: 9,
+            ..VmConfig::new("k")
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "vCPU count 9 is out of range: --cpus must be between 1 and 8"
         );
     }
 

@@ -24,15 +24,20 @@ impl Trigger for NoInterrupt {
     }
 }
 
-/// Line-buffered, write-through serial output.
+/// Line-buffered, write-through serial output, one line buffer per vCPU.
 ///
-/// The UART model flushes after every byte; this passes output on to the
-/// real writer (and flushes it) at each newline, when 4 KiB have piled up,
-/// or when [`SerialOut::finish`] is called, so a reader of the host's stdout
-/// sees every line as soon as the guest completes it.
+/// The UART model flushes after every byte; this collects the bytes of each
+/// vCPU separately and passes a vCPU's output on to the real writer (and
+/// flushes it) at each newline, when 4 KiB have piled up, or when
+/// [`SerialOut::finish`] is called. A reader of the host's stdout sees every
+/// line as soon as the guest completes it, and lines written by several
+/// vCPUs at once never interleave.
 pub struct SerialOut {
     inner: Box<dyn Write + Send>,
-    line: Vec<u8>,
+    /// Pending bytes by vCPU index.
+    lines: Vec<Vec<u8>>,
+    /// The vCPU whose bytes the UART is writing now.
+    current: usize,
 }
 
 impl SerialOut {
@@ -42,25 +47,44 @@ impl SerialOut {
     pub fn new(inner: Box<dyn Write + Send>) -> Self {
         SerialOut {
             inner,
-            line: Vec::with_capacity(256),
+            lines: vec![Vec::with_capacity(256)],
+            current: 0,
         }
     }
 
-    /// Writes out and flushes whatever is pending.
-    pub fn finish(&mut self) -> io::Result<()> {
-        let pending = std::mem::take(&mut self.line);
+    /// Attributes the bytes written from now on to vCPU `vcpu`.
+    pub fn select(&mut self, vcpu: u8) {
+        self.current = usize::from(vcpu);
+        if self.lines.len() <= self.current {
+            self.lines.resize_with(self.current + 1, Vec::new);
+        }
+    }
+
+    fn write_out(&mut self, vcpu: usize) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.lines[vcpu]);
         if !pending.is_empty() {
             self.inner.write_all(&pending)?;
         }
-        self.inner.flush()
+        Ok(())
+    }
+
+    /// Writes out and flushes whatever is pending, vCPU 0's first.
+    pub fn finish(&mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for vcpu in 0..self.lines.len() {
+            result = result.and(self.write_out(vcpu));
+        }
+        result.and(self.inner.flush())
     }
 }
 
 impl Write for SerialOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.line.extend_from_slice(buf);
-        if buf.contains(&b'\n') || self.line.len() >= Self::MAX_PENDING {
-            self.finish()?;
+        let line = &mut self.lines[self.current];
+        line.extend_from_slice(buf);
+        if buf.contains(&b'\n') || line.len() >= Self::MAX_PENDING {
+            self.write_out(self.current)?;
+            self.inner.flush()?;
         }
         Ok(buf.len())
     }
@@ -74,7 +98,10 @@ impl Write for SerialOut {
 impl std::fmt::Debug for SerialOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SerialOut")
-            .field("pending", &self.line.len())
+            .field(
+                "pending",
+                &self.lines.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -276,9 +303,11 @@ impl Devices {
             .then(|| (p - base) as u8)
     }
 
-    /// An `in` from `port`: fills `data` (one byte per consecutive port).
-    pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+    /// An `in` by vCPU `vcpu` from `port`: fills `data` (one byte per
+    /// consecutive port).
+    pub fn pio_read(&mut self, vcpu: u8, port: u16, data: &mut [u8]) {
         self.stats.pio_exits += 1;
+        self.serial.writer_mut().select(vcpu);
         let mut claimed = false;
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = match Self::com1_offset(port, i) {
@@ -294,9 +323,12 @@ impl Devices {
         }
     }
 
-    /// An `out` of `data` to `port` (one byte per consecutive port).
-    pub fn pio_write(&mut self, port: u16, data: &[u8]) {
+    /// An `out` of `data` by vCPU `vcpu` to `port` (one byte per
+    /// consecutive port). Serial output is kept apart per vCPU until a line
+    /// is complete.
+    pub fn pio_write(&mut self, vcpu: u8, port: u16, data: &[u8]) {
         self.stats.pio_exits += 1;
+        self.serial.writer_mut().select(vcpu);
         let mut claimed = false;
         for (i, byte) in data.iter().enumerate() {
             if let Some(off) = Self::com1_offset(port, i) {
@@ -357,12 +389,12 @@ pub(crate) mod tests {
     fn serial_output_is_passed_on_per_line() {
         let buf = SharedBuf::default();
         let mut d = Devices::new(Box::new(buf.clone()));
-        d.pio_write(0x3f8, b"h");
-        d.pio_write(0x3f8, b"i");
+        d.pio_write(0, 0x3f8, b"h");
+        d.pio_write(0, 0x3f8, b"i");
         assert_eq!(buf.contents(), b"");
-        d.pio_write(0x3f8, b"\n");
+        d.pio_write(0, 0x3f8, b"\n");
         assert_eq!(buf.contents(), b"hi\n");
-        d.pio_write(0x3f8, b"x");
+        d.pio_write(0, 0x3f8, b"x");
         d.flush();
         assert_eq!(buf.contents(), b"hi\nx");
         assert_eq!(d.stats().serial_bytes, 4);
@@ -370,10 +402,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn serial_lines_are_kept_apart_per_vcpu() {
+        let buf = SharedBuf::default();
+        let mut d = Devices::new(Box::new(buf.clone()));
+        d.pio_write(2, 0x3f8, b"c");
+        d.pio_write(0, 0x3f8, b"a");
+        d.pio_write(2, 0x3f8, b"c");
+        d.pio_write(1, 0x3f8, b"b");
+        d.pio_write(0, 0x3f8, b"\n");
+        assert_eq!(buf.contents(), b"a\n");
+        d.pio_write(2, 0x3f8, b"\n");
+        assert_eq!(buf.contents(), b"a\ncc\n");
+        d.pio_write(0, 0x3f8, b"z");
+        // At the end the partial lines come out, vCPU 0's first.
+        d.flush();
+        assert_eq!(buf.contents(), b"a\ncc\nzb");
+    }
+
+    #[test]
+    fn a_long_serial_line_is_passed_on_in_pieces() {
+        let buf = SharedBuf::default();
+        let mut d = Devices::new(Box::new(buf.clone()));
+        for _ in 0..SerialOut::MAX_PENDING {
+            d.pio_write(1, 0x3f8, b"x");
+        }
+        assert_eq!(buf.contents().len(), SerialOut::MAX_PENDING);
+    }
+
+    #[test]
     fn lsr_says_transmitter_empty() {
         let mut d = Devices::new(Box::new(io::sink()));
         let mut lsr = [0u8];
-        d.pio_read(0x3fd, &mut lsr);
+        d.pio_read(0, 0x3fd, &mut lsr);
         assert_eq!(lsr[0] & 0x60, 0x60, "THRE and TEMT set");
     }
 
@@ -535,9 +595,9 @@ pub(crate) mod tests {
     fn unknown_ports_and_mmio_read_all_ones() {
         let mut d = Devices::new(Box::new(io::sink()));
         let mut data = [0u8; 4];
-        d.pio_read(0x80, &mut data);
+        d.pio_read(0, 0x80, &mut data);
         assert_eq!(data, [0xff; 4]);
-        d.pio_write(0x80, &[1]);
+        d.pio_write(0, 0x80, &[1]);
         let mut data = [0u8; 8];
         d.mmio_read(0xd000_0000, &mut data);
         assert_eq!(data, [0xff; 8]);

@@ -45,10 +45,10 @@ pub enum Error {
     /// The kernel cannot be read or loaded (exit 2).
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// KVM is not usable (exit 3).
+    /// KVM is not usable (exit 6).
     #[error(transparent)]
     Kvm(#[from] KvmError),
-    /// Building the VM failed (exit 3 if KVM refused, 70 otherwise).
+    /// Building the VM failed (exit 6 if KVM refused, 70 otherwise).
     #[error(transparent)]
     Setup(#[from] SetupError),
     /// The guest crashed (exit 4).
@@ -59,17 +59,20 @@ pub enum Error {
         "guest did not finish within {} s{}",
         timeout.as_secs_f64(),
         match (rip, stuck) {
-            (Some(rip), _) => format!(" (vCPU stopped at RIP {rip:#x})"),
-            (None, true) => " (the vCPU did not come back from KVM_RUN; RIP unknown)".to_owned(),
+            (Some(rip), _) => format!(" (vCPU {vcpu} stopped at RIP {rip:#x})"),
+            (None, true) => " (a vCPU did not come back from KVM_RUN; RIP unknown)".to_owned(),
             (None, false) => String::new(),
         }
     )]
     Timeout {
         /// The configured timeout.
         timeout: Duration,
-        /// Where the vCPU was when it was stopped, if it could be read.
+        /// Where vCPU `vcpu` was when it was stopped, if it could be read.
         rip: Option<u64>,
-        /// True if the vCPU thread never came back from KVM_RUN.
+        /// The lowest-numbered vCPU whose RIP could be read (0, the BSP, if
+        /// it came back), or 0.
+        vcpu: u8,
+        /// True if a vCPU thread never came back from KVM_RUN.
         stuck: bool,
     },
 }
@@ -135,17 +138,20 @@ fn regs_text(regs: &Option<Box<RegisterDump>>) -> String {
 pub enum GuestError {
     /// KVM_EXIT_SHUTDOWN: a triple fault (or another shutdown condition).
     #[error(
-        "guest crashed: triple fault (KVM_EXIT_SHUTDOWN) at RIP {}{}",
+        "guest crashed: vCPU {vcpu}: triple fault (KVM_EXIT_SHUTDOWN) at RIP {}{}",
         rip_text(&regs.as_ref().map(|r| r.rip)),
         regs_text(regs)
     )]
     TripleFault {
+        /// The vCPU that crashed.
+        vcpu: u8,
         /// The registers at the time, if they could be read.
         regs: Option<Box<RegisterDump>>,
     },
     /// KVM_EXIT_INTERNAL_ERROR.
     #[error(
-        "guest crashed: KVM internal error, suberror {suberror} ({}), data [{}]{}, at RIP {}{}",
+        "guest crashed: vCPU {vcpu}: KVM internal error, suberror {suberror} ({}), data [{}]{}, \
+         at RIP {}{}",
         internal_suberror_name(*suberror),
         data.iter().map(|d| format!("{d:#x}")).collect::<Vec<_>>().join(", "),
         insn_bytes_text(*suberror, data),
@@ -153,6 +159,8 @@ pub enum GuestError {
         regs_text(regs)
     )]
     InternalError {
+        /// The vCPU that crashed.
+        vcpu: u8,
         /// `KVM_INTERNAL_ERROR_*`.
         suberror: u32,
         /// The `data` words KVM supplied.
@@ -162,10 +170,13 @@ pub enum GuestError {
     },
     /// KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest.
     #[error(
-        "guest crashed: VM entry failed (KVM_EXIT_FAIL_ENTRY), hardware reason {reason:#x} on host cpu {cpu}, at RIP {}",
+        "guest crashed: vCPU {vcpu}: VM entry failed (KVM_EXIT_FAIL_ENTRY), hardware reason \
+         {reason:#x} on host cpu {cpu}, at RIP {}",
         rip_text(rip)
     )]
     FailEntry {
+        /// The vCPU that crashed.
+        vcpu: u8,
         /// `hardware_entry_failure_reason`.
         reason: u64,
         /// The host CPU.
@@ -175,10 +186,12 @@ pub enum GuestError {
     },
     /// An exit pvrun does not handle (e.g. KVM_EXIT_HLT without an irqchip).
     #[error(
-        "guest stopped with an unexpected exit: {what}, at RIP {}",
+        "guest stopped with an unexpected exit: vCPU {vcpu}: {what}, at RIP {}",
         rip_text(rip)
     )]
     UnexpectedExit {
+        /// The vCPU that stopped.
+        vcpu: u8,
         /// Which exit.
         what: String,
         /// RIP, if it could be read.
@@ -186,11 +199,13 @@ pub enum GuestError {
     },
     /// KVM_RUN itself failed.
     #[error(
-        "guest stopped: KVM_RUN failed: {}, at RIP {}",
+        "guest stopped: vCPU {vcpu}: KVM_RUN failed: {}, at RIP {}",
         io_message(source),
         rip_text(rip)
     )]
     RunFailed {
+        /// The vCPU that stopped.
+        vcpu: u8,
         /// The error from KVM_RUN.
         source: std::io::Error,
         /// RIP, if it could be read.
@@ -215,11 +230,12 @@ mod tests {
         let e = Error::Timeout {
             timeout: Duration::from_millis(500),
             rip: Some(0x100005),
+            vcpu: 0,
             stuck: false,
         };
         assert_eq!(
             e.to_string(),
-            "guest did not finish within 0.5 s (vCPU stopped at RIP 0x100005)"
+            "guest did not finish within 0.5 s (vCPU 0 stopped at RIP 0x100005)"
         );
         assert_eq!(e.exit_code(), 124);
     }
@@ -227,12 +243,17 @@ mod tests {
     #[test]
     fn internal_error_message_names_the_suberror() {
         let e = Error::Guest(GuestError::InternalError {
+            vcpu: 0,
             suberror: 1,
             data: vec![0, 0xd000_0000],
             regs: None,
         });
         let s = e.to_string();
         assert!(s.contains("suberror 1 (emulation failure)"), "{s}");
+        assert!(
+            s.starts_with("guest crashed: vCPU 0: KVM internal error"),
+            "{s}"
+        );
         assert!(s.contains("data [0x0, 0xd0000000]"), "{s}");
         assert!(!s.contains('\n'));
         assert!(!s.contains("instruction bytes"), "{s}");
@@ -240,10 +261,37 @@ mod tests {
     }
 
     #[test]
+    fn crash_messages_name_the_vcpu() {
+        let e = GuestError::TripleFault {
+            vcpu: 1,
+            regs: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "guest crashed: vCPU 1: triple fault (KVM_EXIT_SHUTDOWN) at RIP unknown \
+             (registers unavailable)"
+        );
+        let e = GuestError::UnexpectedExit {
+            vcpu: 3,
+            what: "x".into(),
+            rip: Some(0x10),
+        };
+        assert!(e.to_string().contains("vCPU 3: x, at RIP 0x10"), "{e}");
+        let e = Error::Timeout {
+            timeout: Duration::from_secs(1),
+            rip: None,
+            vcpu: 0,
+            stuck: true,
+        };
+        assert!(e.to_string().contains("a vCPU did not come back"), "{e}");
+    }
+
+    #[test]
     fn emulation_failure_shows_the_instruction_bytes() {
         // What this host reports for `int3`: flags = 1, insn_size = 15,
         // insn_bytes = cc 00 ...
         let e = GuestError::InternalError {
+            vcpu: 0,
             suberror: 1,
             data: vec![0x1, 0xcc0f, 0x0, 0x1000],
             regs: None,

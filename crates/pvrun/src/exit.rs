@@ -5,7 +5,7 @@
 use kvm_ioctls::VcpuExit;
 
 use crate::devices::Devices;
-use crate::layout::{BENCH_MARKER_PORT, DEBUG_EXIT_PORT};
+use crate::layout::{BENCH_MARKER_PORT, DEBUG_EXIT_PORT, KBD_CONTROLLER_PORT, KBD_RESET_COMMAND};
 
 /// What the run loop should do after an exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,6 +14,9 @@ pub enum ExitAction {
     Continue,
     /// The guest wrote this value to the debug-exit port: stop.
     DebugExit(u32),
+    /// The guest pulsed the keyboard controller's reset line (0xfe to port
+    /// 0x64): stop, as a reset.
+    Reset,
     /// KVM_EXIT_SHUTDOWN (triple fault): stop, the guest crashed.
     Shutdown,
     /// KVM_EXIT_INTERNAL_ERROR: stop; the details are in `kvm_run`.
@@ -44,6 +47,7 @@ pub fn debug_exit_value(data: &[u8]) -> u32 {
 pub fn handle_exit(exit: VcpuExit<'_>, vcpu: u8, devices: &mut Devices) -> ExitAction {
     match exit {
         VcpuExit::IoOut(DEBUG_EXIT_PORT, data) => ExitAction::DebugExit(debug_exit_value(data)),
+        VcpuExit::IoOut(KBD_CONTROLLER_PORT, [KBD_RESET_COMMAND, ..]) => ExitAction::Reset,
         VcpuExit::IoOut(BENCH_MARKER_PORT, data) => {
             devices.bench_write(vcpu, data);
             ExitAction::Continue
@@ -53,11 +57,11 @@ pub fn handle_exit(exit: VcpuExit<'_>, vcpu: u8, devices: &mut Devices) -> ExitA
             ExitAction::Continue
         }
         VcpuExit::IoOut(port, data) => {
-            devices.pio_write(port, data);
+            devices.pio_write(vcpu, port, data);
             ExitAction::Continue
         }
         VcpuExit::IoIn(port, data) => {
-            devices.pio_read(port, data);
+            devices.pio_read(vcpu, port, data);
             ExitAction::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
@@ -136,6 +140,45 @@ mod tests {
             ExitAction::Continue
         );
         assert_eq!(data, [0xff]);
+    }
+
+    #[test]
+    fn keyboard_controller_reset_stops_the_run() {
+        let mut devices = Devices::new(Box::new(std::io::sink()));
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x64, &[0xfe]), 1, &mut devices),
+            ExitAction::Reset
+        );
+        // A 16-bit write puts its low byte on port 0x64.
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x64, &[0xfe, 0]), 0, &mut devices),
+            ExitAction::Reset
+        );
+        // Other commands, reads, and 0xfe elsewhere are ignored.
+        for (port, value) in [(0x64, 0xfd), (0x64, 0xff), (0x60, 0xfe), (0x80, 0xfe)] {
+            assert_eq!(
+                handle_exit(VcpuExit::IoOut(port, &[value]), 0, &mut devices),
+                ExitAction::Continue
+            );
+        }
+        let mut data = [0u8];
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x64, &mut data), 0, &mut devices),
+            ExitAction::Continue
+        );
+        assert_eq!(data, [0xff]);
+        assert_eq!(devices.stats().unknown_pio, 5);
+    }
+
+    #[test]
+    fn serial_lines_of_two_vcpus_do_not_mix() {
+        let buf = SharedBuf::default();
+        let mut devices = Devices::new(Box::new(buf.clone()));
+        for (a, b) in b"aaaa\n".iter().zip(b"bbbb\n") {
+            handle_exit(VcpuExit::IoOut(0x3f8, &[*a]), 0, &mut devices);
+            handle_exit(VcpuExit::IoOut(0x3f8, &[*b]), 1, &mut devices);
+        }
+        assert_eq!(buf.contents(), b"aaaa\nbbbb\n");
     }
 
     #[test]

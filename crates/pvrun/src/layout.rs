@@ -81,6 +81,12 @@ pub const MEM_MIB_DEFAULT: u64 = 128;
 pub const COM1_PORT: u16 = 0x3f8;
 /// Number of ports a 16550 UART decodes.
 pub const COM1_PORT_COUNT: u16 = 8;
+/// The keyboard controller's command port: writing
+/// [`KBD_RESET_COMMAND`] pulses the CPU reset line, which ends the run as a
+/// reset (exit status 0). Nothing else of the controller is emulated.
+pub const KBD_CONTROLLER_PORT: u16 = 0x64;
+/// The i8042 "pulse output line 0" command that resets a PC.
+pub const KBD_RESET_COMMAND: u8 = 0xfe;
 /// QEMU `isa-debug-exit` port: an `out` of value `v` ends the run and pvrun
 /// exits with status `(v << 1) | 1`.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;

@@ -1,26 +1,32 @@
 //! pvrun: a small KVM-based VMM that boots a PVH kernel ELF.
 //!
 //! One call, [`run`], does everything: check the configuration and the
-//! kernel, open KVM, build the VM (guest RAM, in-kernel irqchip and PIT, one
-//! vCPU in the PVH entry state), run it with a watchdog and report how the
-//! guest ended. The guest's COM1 output goes to the writer passed in; the
-//! guest ends the run by writing a value to port 0xf4 (QEMU's
-//! isa-debug-exit).
+//! kernel, open KVM, probe whether guest hypercalls return (once per
+//! process), build the VM (guest RAM, in-kernel irqchip and PIT, vCPU 0 in
+//! the PVH entry state, the other vCPUs waiting for INIT/SIPI), run it with
+//! a watchdog and report how the guest ended. The guest's COM1 output goes
+//! to the writer passed in; the guest ends the run by writing a value to
+//! port 0xf4 (QEMU's isa-debug-exit) or by asking for a reset (0xfe to port
+//! 0x64).
 //!
-//! Modules follow the boot: [`config`] → [`loader`] → [`vm`] / [`pvh`] /
-//! [`vcpu`] → [`runner`] (which drives [`exit`] and [`devices`]). Every
-//! guest address is a constant in [`layout`]. [`stats`] reads KVM's
-//! per-vCPU counters, for the bench-marker port and [`run_with_stats`].
+//! Modules follow the boot: [`config`] → [`loader`] → [`probe`] /
+//! [`cpuid`] → [`vm`] / [`pvh`] / [`vcpu`] → [`runner`] (which drives
+//! [`exit`] and [`devices`]). Every guest address is a constant in
+//! [`layout`]. [`stats`] reads KVM's per-vCPU counters, for the
+//! bench-marker port and [`run_with_stats`]. [`probe_host`] reports what
+//! the host offers without running a guest.
 
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod config;
+pub mod cpuid;
 pub mod devices;
 pub mod error;
 pub mod exit;
 pub mod layout;
 pub mod loader;
+pub mod probe;
 pub mod pvh;
 pub mod runner;
 pub mod stats;
@@ -31,13 +37,18 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 pub use config::{ConfigError, VmConfig};
+pub use cpuid::{parse_feature_mask, MaskError, Personality};
 pub use devices::DeviceStats;
 pub use error::{Error, GuestError};
 pub use loader::LoadError;
-pub use runner::GuestExit;
+pub use probe::{ClearReason, ClearedFeature, FeaturePlan, HostProbe, HypercallProbe};
+pub use runner::{ExitKind, GuestExit};
 pub use stats::{StatsError, StatsSummary};
 pub use vm::{KvmError, SetupError};
 
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+
+use cpuid::CpuidSpec;
 use devices::{Devices, StatsSource};
 use loader::KernelImage;
 use stats::KvmStats;
@@ -52,11 +63,16 @@ pub struct RunReport {
     /// over the vCPUs: `None` if the run stopped before a vCPU existed,
     /// `Some(Err(..))` if this KVM has no (usable) binary statistics.
     pub kvm_stats: Option<Result<StatsSummary, StatsError>>,
+    /// What the guest was told in CPUID 0x40000001 and why (with the
+    /// hypercall probe's outcome): `None` if the run stopped before KVM was
+    /// opened.
+    pub features: Option<FeaturePlan>,
 }
 
 /// Boots the kernel described by `config` and runs it until it writes to the
-/// debug-exit port, crashes, or runs out of time. The guest's serial output
-/// is written to `serial_out`, flushed line by line.
+/// debug-exit port, asks for a reset, crashes, or runs out of time. The
+/// guest's serial output is written to `serial_out`, flushed line by line
+/// (each vCPU's lines whole).
 ///
 /// Checks happen cheapest first: the configuration, then the kernel file,
 /// then KVM, so bad input is reported as such even where KVM is missing.
@@ -68,7 +84,8 @@ pub fn run(config: &VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Guest
 /// `insn_emulation`, ...) at the end of the run, whatever its outcome.
 pub fn run_with_stats(config: &VmConfig, serial_out: Box<dyn Write + Send>) -> RunReport {
     let mut vcpu_stats = None;
-    let result = boot(config, serial_out, &mut vcpu_stats);
+    let mut features = None;
+    let result = boot(config, serial_out, &mut vcpu_stats, &mut features);
     let kvm_stats = vcpu_stats.map(|stats| {
         let snapshots = stats?
             .iter()
@@ -76,41 +93,94 @@ pub fn run_with_stats(config: &VmConfig, serial_out: Box<dyn Write + Send>) -> R
             .collect::<Result<Vec<_>, _>>()?;
         Ok(StatsSummary::from_snapshots(&snapshots))
     });
-    RunReport { result, kvm_stats }
+    RunReport {
+        result,
+        kvm_stats,
+        features,
+    }
+}
+
+/// What `pvrun --probe-host` prints: the KVM API version and capabilities,
+/// KVM's CPUID signature and feature word, a fresh hypercall probe (unless
+/// `config.hypercall_probe` is false) and the feature word a run of
+/// `config` would advertise. Only `kvm_path`, `personality`, `cpuid_mask`
+/// and `hypercall_probe` of `config` are used.
+pub fn probe_host(config: &VmConfig) -> Result<HostProbe, Error> {
+    HostProbe::run(config)
 }
 
 type VcpuStats = Result<Vec<Arc<KvmStats>>, StatsError>;
 
 /// Builds and runs the VM; `vcpu_stats` receives the vCPUs' statistics as
-/// soon as they exist, so they can be read however the run ends.
+/// soon as they exist, so they can be read however the run ends, and
+/// `features` the CPUID feature plan.
 fn boot(
     config: &VmConfig,
     serial_out: Box<dyn Write + Send>,
     vcpu_stats: &mut Option<VcpuStats>,
+    features: &mut Option<FeaturePlan>,
 ) -> Result<GuestExit, Error> {
     config.validate()?;
     let mem_bytes = config.mem_bytes();
     let kernel = KernelImage::read(&config.kernel, mem_bytes)?;
     let kvm = vm::open_kvm(&config.kvm_path)?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(SetupError::ioctl("report the supported CPUID"))?;
+
+    // The hypercall probe (its own VM) runs before the real VM exists.
+    let plan = FeaturePlan::for_config(config, supported.as_slice());
+    let spec = CpuidSpec {
+        // Validated: 1..=CPUS_MAX.
+        cpus: config.cpus as u8,
+        personality: config.personality,
+        kvm_features_clear: plan.clear_mask(),
+    };
+    *features = Some(plan);
 
     let vm = Vm::new(kvm, mem_bytes)?;
     let entry = kernel.load(vm.memory())?;
     let start_info =
         pvh::write_boot_info(vm.memory(), mem_bytes, &config.cmdline).map_err(SetupError::from)?;
-    let vcpu = vm.create_vcpu(0)?;
-    vcpu.configure_pvh(vm.kvm(), vm.memory(), entry, start_info)?;
+    // Every vCPU exists before any is configured: on this repository's host,
+    // an AP created after the BSP's state was set never receives the BSP's
+    // INIT/SIPI.
+    let vcpus = (0..spec.cpus)
+        .map(|index| vm.create_vcpu(index))
+        .collect::<Result<Vec<_>, _>>()?;
+    for vcpu in &vcpus {
+        let index = vcpu.index();
+        let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), index, &spec);
+        if index == 0 {
+            vcpu.configure_pvh(&cpuid, vm.memory(), entry, start_info)?;
+        } else {
+            vcpu.configure_ap(&cpuid)?;
+        }
+    }
 
     // Statistics are optional: without them the bench marker answers RESET
     // with 0 and `--stats` says why.
-    let stats = vcpu.open_stats(vm.kvm()).map(Arc::new);
     let mut devices = Devices::new(serial_out);
-    let source = stats
-        .as_ref()
-        .ok()
-        .map(|s| Box::new(s.clone()) as Box<dyn StatsSource>);
-    devices.set_stats_source(vcpu.index(), source);
-    *vcpu_stats = Some(stats.map(|s| vec![s]));
+    let mut all_stats = Vec::with_capacity(vcpus.len());
+    let mut stats_error = None;
+    for vcpu in &vcpus {
+        match vcpu.open_stats(vm.kvm()) {
+            Ok(stats) => {
+                let stats = Arc::new(stats);
+                devices.set_stats_source(vcpu.index(), Some(Box::new(stats.clone())));
+                all_stats.push(stats);
+            }
+            Err(e) => {
+                devices.set_stats_source(vcpu.index(), None::<Box<dyn StatsSource>>);
+                stats_error.get_or_insert(e);
+            }
+        }
+    }
+    *vcpu_stats = Some(match stats_error {
+        None => Ok(all_stats),
+        Some(e) => Err(e),
+    });
 
     let devices = Arc::new(Mutex::new(devices));
-    runner::run_vcpus(Arc::new(vm), vec![vcpu], devices, config.timeout)
+    runner::run_vcpus(Arc::new(vm), vcpus, devices, config.timeout)
 }

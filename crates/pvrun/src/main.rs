@@ -6,6 +6,7 @@ use clap::Parser;
 
 use pvrun::cli::{clap_error_line, Cli};
 use pvrun::error::EXIT_BAD_INPUT;
+use pvrun::ExitKind;
 
 fn main() {
     // `process::exit` skips destructors on purpose: a vCPU thread the
@@ -29,6 +30,9 @@ fn real_main() -> i32 {
             };
         }
     };
+    if cli.probe_host {
+        return probe_host(&cli.into_config());
+    }
     let print_stats = cli.stats;
     let report = pvrun::run_with_stats(&cli.into_config(), Box::new(std::io::stdout()));
     if print_stats {
@@ -38,7 +42,26 @@ fn real_main() -> i32 {
         }
     }
     match report.result {
-        Ok(exit) => exit.status,
+        Ok(exit) => {
+            if exit.kind == ExitKind::Reset {
+                eprintln!("pvrun: guest requested a reset");
+            }
+            exit.status
+        }
+        Err(err) => {
+            eprintln!("pvrun: error: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+/// `--probe-host`: the report on stdout, exit 0; or the error line.
+fn probe_host(config: &pvrun::VmConfig) -> i32 {
+    match pvrun::probe_host(config) {
+        Ok(probe) => {
+            print!("{probe}");
+            0
+        }
         Err(err) => {
             eprintln!("pvrun: error: {err}");
             err.exit_code()

@@ -92,6 +92,8 @@ fn lock(devices: &Mutex<Devices>) -> MutexGuard<'_, Devices> {
 pub enum VcpuStop {
     /// The guest wrote this value to the debug-exit port.
     DebugExit(u32),
+    /// The guest asked for a reset (keyboard controller, port 0x64).
+    Reset,
     /// The guest crashed.
     Crashed(GuestError),
     /// The watchdog stopped it; RIP if it could be read.
@@ -147,6 +149,7 @@ impl VcpuRunner {
             }
             Err(e) => {
                 return RunState::Stopped(VcpuStop::Crashed(GuestError::RunFailed {
+                    vcpu: index,
                     source: std::io::Error::from_raw_os_error(e.errno()),
                     rip: self.vcpu.rip(),
                 }))
@@ -156,23 +159,28 @@ impl VcpuRunner {
         match action {
             ExitAction::Continue => RunState::Running,
             ExitAction::DebugExit(value) => RunState::Stopped(VcpuStop::DebugExit(value)),
+            ExitAction::Reset => RunState::Stopped(VcpuStop::Reset),
             ExitAction::Shutdown => crashed(GuestError::TripleFault {
+                vcpu: index,
                 regs: self.vcpu.registers().map(Box::new),
             }),
             ExitAction::InternalError => {
                 let info = self.vcpu.internal_error_info().unwrap_or_default();
                 crashed(GuestError::InternalError {
+                    vcpu: index,
                     suberror: info.suberror,
                     data: info.data,
                     regs: self.vcpu.registers().map(Box::new),
                 })
             }
             ExitAction::FailEntry { reason, cpu } => crashed(GuestError::FailEntry {
+                vcpu: index,
                 reason,
                 cpu,
                 rip: self.vcpu.rip(),
             }),
             ExitAction::Unexpected(what) => crashed(GuestError::UnexpectedExit {
+                vcpu: index,
                 what,
                 rip: self.vcpu.rip(),
             }),
@@ -194,13 +202,25 @@ impl VcpuRunner {
     }
 }
 
-/// How a guest ended on its own terms: it wrote to the debug-exit port.
+/// How a guest ended on its own terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    /// It wrote to the debug-exit port (0xf4).
+    DebugExit,
+    /// It asked for a reset (0xfe to the keyboard controller, port 0x64).
+    Reset,
+}
+
+/// How a guest ended on its own terms: it wrote to the debug-exit port or
+/// asked for a reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestExit {
-    /// The value written to port 0xf4.
+    /// Debug exit or reset.
+    pub kind: ExitKind,
+    /// The value written to port 0xf4 (0 for a reset).
     pub value: u32,
     /// The process status to exit with: `(value << 1) | 1`, as QEMU's
-    /// isa-debug-exit (the OS keeps only its low 8 bits).
+    /// isa-debug-exit (the OS keeps only its low 8 bits); 0 for a reset.
     pub status: i32,
     /// Device traffic counters.
     pub stats: DeviceStats,
@@ -210,15 +230,28 @@ impl GuestExit {
     /// The result of a guest that wrote `value` to the debug-exit port.
     pub fn from_value(value: u32, stats: DeviceStats) -> Self {
         GuestExit {
+            kind: ExitKind::DebugExit,
             value,
             status: (value.wrapping_shl(1) | 1) as i32,
             stats,
         }
     }
+
+    /// The result of a guest that asked for a reset: status 0.
+    pub fn reset(stats: DeviceStats) -> Self {
+        GuestExit {
+            kind: ExitKind::Reset,
+            value: 0,
+            status: 0,
+            stats,
+        }
+    }
 }
 
-/// Runs `vcpus` on their own threads until one of them stops, then stops the
-/// others; the watchdog stops all of them after `timeout`.
+/// Runs `vcpus` on their own threads until one of them stops (debug exit,
+/// reset or crash), then stops the others; the watchdog stops all of them
+/// after `timeout`. Application processors still waiting for INIT/SIPI sit
+/// in `KVM_RUN` until then; the stop signal brings them back like the rest.
 ///
 /// A vCPU thread that does not come back from `KVM_RUN` within
 /// [`KICK_GRACE`] of being signalled is left behind (detached, still owning
@@ -232,16 +265,17 @@ pub fn run_vcpus(
 ) -> Result<GuestExit, Error> {
     let signum = install_kick_handler()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<(usize, VcpuStop)>();
+    let (tx, rx) = mpsc::channel::<(usize, u8, VcpuStop)>();
     let mut threads: Vec<Option<JoinHandle<()>>> = Vec::with_capacity(vcpus.len());
 
     for (slot, vcpu) in vcpus.into_iter().enumerate() {
         let (vm, devices, vcpu_stop, tx) = (vm.clone(), devices.clone(), stop.clone(), tx.clone());
+        let index = vcpu.index();
         let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.index()))
+            .name(format!("vcpu{index}"))
             .spawn(move || {
                 let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop).run();
-                let _ = tx.send((slot, outcome));
+                let _ = tx.send((slot, index, outcome));
                 // The vCPU is gone now; only then may the memory go.
                 drop(vm);
             });
@@ -256,9 +290,9 @@ pub fn run_vcpus(
     drop(tx);
 
     let first = match rx.recv_timeout(timeout) {
-        Ok((slot, outcome)) => {
+        Ok((slot, index, outcome)) => {
             join(&mut threads[slot]);
-            Some(outcome)
+            Some((index, outcome))
         }
         Err(RecvTimeoutError::Timeout) => None,
         Err(RecvTimeoutError::Disconnected) => {
@@ -286,18 +320,24 @@ pub fn run_vcpus(
     };
 
     // A vCPU that stopped on its own wins over the watchdog, even if it
-    // reported during the grace period.
-    let mut kicked_rip = None;
-    for outcome in first.into_iter().chain(rest) {
+    // reported during the grace period; the first one to stop wins over the
+    // others. On a timeout, the lowest-numbered vCPU's RIP is reported.
+    let mut kicked: Option<(u8, u64)> = None;
+    for (index, outcome) in first.into_iter().chain(rest) {
         match outcome {
             VcpuStop::DebugExit(value) => return Ok(GuestExit::from_value(value, stats)),
+            VcpuStop::Reset => return Ok(GuestExit::reset(stats)),
             VcpuStop::Crashed(e) => return Err(e.into()),
-            VcpuStop::Kicked { rip } => kicked_rip = kicked_rip.or(rip),
+            VcpuStop::Kicked { rip: Some(rip) } if kicked.is_none_or(|(i, _)| index < i) => {
+                kicked = Some((index, rip))
+            }
+            VcpuStop::Kicked { .. } => {}
         }
     }
     Err(Error::Timeout {
         timeout,
-        rip: kicked_rip,
+        rip: kicked.map(|(_, rip)| rip),
+        vcpu: kicked.map_or(0, |(index, _)| index),
         stuck,
     })
 }
@@ -316,9 +356,9 @@ fn join(thread: &mut Option<JoinHandle<()>>) {
 fn stop_all(
     stop: &AtomicBool,
     threads: &mut [Option<JoinHandle<()>>],
-    rx: &mpsc::Receiver<(usize, VcpuStop)>,
+    rx: &mpsc::Receiver<(usize, u8, VcpuStop)>,
     signum: c_int,
-) -> Vec<VcpuStop> {
+) -> Vec<(u8, VcpuStop)> {
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + KICK_GRACE;
     let mut outcomes = Vec::new();
@@ -332,9 +372,9 @@ fn stop_all(
             break;
         }
         match rx.recv_timeout(KICK_INTERVAL.min(deadline - now)) {
-            Ok((slot, outcome)) => {
+            Ok((slot, index, outcome)) => {
                 join(&mut threads[slot]);
-                outcomes.push(outcome);
+                outcomes.push((index, outcome));
             }
             Err(RecvTimeoutError::Timeout) => {}
             // Every remaining thread died without reporting.
@@ -360,5 +400,8 @@ mod tests {
         assert_eq!(GuestExit::from_value(3, s).status, 7);
         assert_eq!(GuestExit::from_value(0x7f, s).status & 0xff, 0xff);
         assert_eq!(GuestExit::from_value(0x80, s).status & 0xff, 0x01);
+        assert_eq!(GuestExit::from_value(0, s).kind, ExitKind::DebugExit);
+        let reset = GuestExit::reset(s);
+        assert_eq!((reset.kind, reset.status), (ExitKind::Reset, 0));
     }
 }

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_regs, kvm_run, kvm_segment, kvm_sregs, KVM_EXIT_INTERNAL_ERROR,
-    KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_fpu, kvm_mp_state, kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId,
+    KVM_EXIT_INTERNAL_ERROR, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -21,8 +21,6 @@ pub const X86_CR0_ET: u64 = 1 << 4;
 /// EFLAGS bit 1 is reserved and always 1; IF, TF and VM are clear, as PVH requires.
 pub const EFLAGS_RESERVED: u64 = 1 << 1;
 
-/// CPUID leaf 1 ECX bit 31: running under a hypervisor.
-const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// LAPIC register offsets and LVT delivery modes (Intel SDM vol. 3, 11.5.1).
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -220,18 +218,61 @@ impl Vcpu {
         self.index
     }
 
-    /// Puts the vCPU in the PVH entry state: CPUID, FPU, LAPIC LINT pins,
-    /// segment and control registers (with the boot GDT written to guest
-    /// memory) and the entry registers.
+    /// Puts the bootstrap processor in the PVH entry state: `cpuid`, FPU,
+    /// LAPIC LINT pins, segment and control registers (with the boot GDT
+    /// written to guest memory) and the entry registers.
     pub fn configure_pvh(
         &self,
-        kvm: &Kvm,
+        cpuid: &[kvm_cpuid_entry2],
         mem: &GuestMemoryMmap,
         entry: GuestAddress,
         start_info: GuestAddress,
     ) -> Result<(), SetupError> {
-        self.set_cpuid(kvm)?;
+        self.set_cpuid(cpuid)?;
+        self.set_lint()?;
+        self.enter_protected_mode(mem, entry, start_info.0)
+    }
 
+    /// Prepares an application processor: sets `cpuid` and makes sure it
+    /// waits for INIT/SIPI (`KVM_MP_STATE_UNINITIALIZED`, KVM's default for
+    /// a non-BSP vCPU with an in-kernel irqchip). Its registers stay in
+    /// KVM's reset state; the guest starts it with INIT-SIPI-SIPI.
+    pub fn configure_ap(&self, cpuid: &[kvm_cpuid_entry2]) -> Result<(), SetupError> {
+        self.set_cpuid(cpuid)?;
+        self.fd
+            .set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_UNINITIALIZED,
+            })
+            .map_err(SetupError::ioctl(
+                "put an application processor in wait-for-SIPI",
+            ))?;
+        let state = self.mp_state()?;
+        if state != KVM_MP_STATE_UNINITIALIZED {
+            return Err(SetupError::ApNotWaiting {
+                vcpu: self.index,
+                state,
+            });
+        }
+        Ok(())
+    }
+
+    /// `KVM_GET_MP_STATE`: `KVM_MP_STATE_*`.
+    pub fn mp_state(&self) -> Result<u32, SetupError> {
+        self.fd
+            .get_mp_state()
+            .map(|s| s.mp_state)
+            .map_err(SetupError::ioctl("read the MP state"))
+    }
+
+    /// 32-bit protected mode at `entry` as PVH defines it: FPU reset, the
+    /// boot GDT written to guest memory, flat segments, paging off, EBX =
+    /// `rbx`, EFLAGS = 0x2.
+    pub fn enter_protected_mode(
+        &self,
+        mem: &GuestMemoryMmap,
+        entry: GuestAddress,
+        rbx: u64,
+    ) -> Result<(), SetupError> {
         let fpu = kvm_fpu {
             fcw: 0x37f,
             mxcsr: 0x1f80,
@@ -240,8 +281,6 @@ impl Vcpu {
         self.fd
             .set_fpu(&fpu)
             .map_err(SetupError::ioctl("set the FPU state"))?;
-
-        self.set_lint()?;
 
         for (i, entry) in BOOT_GDT.iter().enumerate() {
             let addr = layout::BOOT_GDT_START + (i * std::mem::size_of::<u64>()) as u64;
@@ -260,24 +299,16 @@ impl Vcpu {
             .set_sregs(&sregs)
             .map_err(SetupError::ioctl("set the special registers"))?;
         self.fd
-            .set_regs(&pvh_regs(entry, start_info))
+            .set_regs(&pvh_regs(entry, GuestAddress(rbx)))
             .map_err(SetupError::ioctl("set the registers"))?;
         Ok(())
     }
 
-    /// Passes KVM's supported CPUID through, with this vCPU's APIC id in
-    /// leaf 1 EBX[31:24] and the hypervisor bit set; leaves 0x40000000/1
-    /// advertise KVM.
-    fn set_cpuid(&self, kvm: &Kvm) -> Result<(), SetupError> {
-        let mut cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(SetupError::ioctl("report the supported CPUID"))?;
-        for entry in cpuid.as_mut_slice() {
-            if entry.function == 1 {
-                entry.ebx = (entry.ebx & 0x00ff_ffff) | (u32::from(self.index) << 24);
-                entry.ecx |= CPUID_1_ECX_HYPERVISOR;
-            }
-        }
+    /// `KVM_SET_CPUID2` with `entries` (see [`crate::cpuid::vcpu_cpuid`]).
+    pub fn set_cpuid(&self, entries: &[kvm_cpuid_entry2]) -> Result<(), SetupError> {
+        let cpuid = CpuId::from_entries(entries).map_err(|_| SetupError::CpuidTooLarge {
+            entries: entries.len(),
+        })?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(SetupError::ioctl("set the CPUID"))

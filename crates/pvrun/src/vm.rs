@@ -1,5 +1,5 @@
 //! Opening KVM and building the VM: guest memory, the in-kernel irqchip and
-//! PIT, and its vCPUs.
+//! PIT, and its vCPUs (all created after the irqchip, so each has a LAPIC).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -25,7 +25,7 @@ const REQUIRED_CAPS: [(Cap, &str); 5] = [
     (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
 ];
 
-/// KVM cannot be used (exit 3).
+/// KVM cannot be used (exit 6).
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// The device node does not exist.
@@ -92,7 +92,7 @@ pub enum KvmError {
 /// Building the VM failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// A KVM ioctl failed while building the VM or its vCPUs (exit 3: this
+    /// A KVM ioctl failed while building the VM or its vCPUs (exit 6: this
     /// KVM cannot run the guest).
     #[error("KVM refused to {what}: {}", io_message(source))]
     KvmIoctl {
@@ -115,22 +115,46 @@ pub enum SetupError {
     /// The boot GDT could not be written (exit 70).
     #[error("cannot write the boot GDT: {0}")]
     Gdt(vm_memory::GuestMemoryError),
+    /// The hypercall probe's code could not be written (exit 70).
+    #[error("cannot write the hypercall probe's code: {0}")]
+    ProbeCode(vm_memory::GuestMemoryError),
+    /// The patched CPUID table does not fit KVM's limit (exit 70).
+    #[error("the CPUID table has {entries} entries, more than KVM's limit")]
+    CpuidTooLarge {
+        /// How many entries.
+        entries: usize,
+    },
+    /// An application processor is not waiting for INIT/SIPI after being
+    /// put there (exit 6: this KVM cannot start it the usual way).
+    #[error(
+        "vCPU {vcpu} is in MP state {state} after KVM_SET_MP_STATE(UNINITIALIZED); \
+         KVM must keep application processors waiting for INIT/SIPI"
+    )]
+    ApNotWaiting {
+        /// The vCPU.
+        vcpu: u8,
+        /// The MP state KVM reports.
+        state: u32,
+    },
     /// The vCPU thread could not be started (exit 70).
-    #[error("cannot start the vCPU thread: {}", io_message(.0))]
+    #[error("cannot start a vCPU thread: {}", io_message(.0))]
     SpawnThread(std::io::Error),
     /// The watchdog signal handler could not be installed (exit 70).
     #[error("cannot install the vCPU signal handler: {}", io_message(.0))]
     SignalHandler(std::io::Error),
-    /// The vCPU thread died without reporting (exit 70).
-    #[error("the vCPU thread panicked")]
+    /// A vCPU thread died without reporting (exit 70).
+    #[error("a vCPU thread panicked")]
     VcpuThreadPanicked,
 }
 
 impl SetupError {
-    /// Whether this failure means KVM refused something (exit 3) rather than
+    /// Whether this failure means KVM refused something (exit 6) rather than
     /// pvrun failing on its own (exit 70).
     pub fn is_kvm_refusal(&self) -> bool {
-        matches!(self, SetupError::KvmIoctl { .. })
+        matches!(
+            self,
+            SetupError::KvmIoctl { .. } | SetupError::ApNotWaiting { .. }
+        )
     }
 
     /// A `KvmIoctl` error from a kvm-ioctls error.
@@ -208,6 +232,15 @@ impl Vm {
     /// [`layout::ram_regions`], the in-kernel irqchip and a PIT. The irqchip
     /// exists before any vCPU is created, so every vCPU gets a LAPIC.
     pub fn new(kvm: Kvm, mem_bytes: u64) -> Result<Self, SetupError> {
+        Self::build(kvm, mem_bytes, true)
+    }
+
+    /// A VM with RAM only: no irqchip, no PIT (the hypercall probe's).
+    pub fn new_bare(kvm: Kvm, mem_bytes: u64) -> Result<Self, SetupError> {
+        Self::build(kvm, mem_bytes, false)
+    }
+
+    fn build(kvm: Kvm, mem_bytes: u64, irqchip: bool) -> Result<Self, SetupError> {
         let fd = kvm.create_vm().map_err(SetupError::ioctl("create a VM"))?;
 
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_bytes)
@@ -237,14 +270,16 @@ impl Vm {
 
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(SetupError::ioctl("set the TSS address"))?;
-        fd.create_irq_chip()
-            .map_err(SetupError::ioctl("create the in-kernel irqchip"))?;
-        let pit_config = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit_config)
-            .map_err(SetupError::ioctl("create the PIT"))?;
+        if irqchip {
+            fd.create_irq_chip()
+                .map_err(SetupError::ioctl("create the in-kernel irqchip"))?;
+            let pit_config = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit_config)
+                .map_err(SetupError::ioctl("create the PIT"))?;
+        }
 
         Ok(Vm {
             kvm,
@@ -254,7 +289,9 @@ impl Vm {
         })
     }
 
-    /// Creates vCPU number `index` (its APIC id is the same number).
+    /// Creates vCPU number `index` (its APIC id is the same number). vCPU 0
+    /// is the bootstrap processor; with the in-kernel irqchip KVM keeps the
+    /// others waiting for INIT/SIPI.
     pub fn create_vcpu(&self, index: u8) -> Result<Vcpu, SetupError> {
         let fd = self
             .fd

@@ -304,7 +304,21 @@ fn command_line_too_long() {
 fn help_and_version() {
     let out = pvrun(&["--help"]);
     assert_eq!(out.code(), 0, "{out:#?}");
-    for w in ["--mem", "--cmdline", "--timeout", "--kvm", "0xf4", "124"] {
+    for w in [
+        "--mem",
+        "--cmdline",
+        "--timeout",
+        "--kvm",
+        "--cpus",
+        "--personality",
+        "--cpuid-mask",
+        "--no-hypercall-probe",
+        "--probe-host",
+        "0xf4",
+        "0x64",
+        "124",
+        "steal_time (5)",
+    ] {
         assert!(out.stdout.contains(w), "help mentions {w}: {}", out.stdout);
     }
     let out = pvrun(&["--version"]);

@@ -99,3 +99,28 @@ fn watchdog_gives_up_on_a_vcpu_that_never_comes_back() {
     assert!(err.to_string().contains("did not come back"), "{err}");
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
 }
+
+#[test]
+fn application_processors_wait_for_init_sipi() {
+    if !have_kvm("application_processors_wait_for_init_sipi") {
+        return;
+    }
+    use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+    use pvrun::cpuid::{vcpu_cpuid, CpuidSpec};
+
+    let kvm = pvrun::vm::open_kvm(std::path::Path::new("/dev/kvm")).unwrap();
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+    let vm = pvrun::vm::Vm::new(kvm, 16 << 20).unwrap();
+    let spec = CpuidSpec {
+        cpus: 3,
+        personality: pvrun::Personality::Kvm,
+        kvm_features_clear: 0,
+    };
+    let vcpus: Vec<_> = (0..3).map(|i| vm.create_vcpu(i).unwrap()).collect();
+    assert_eq!(vcpus[0].mp_state().unwrap(), KVM_MP_STATE_RUNNABLE);
+    for ap in &vcpus[1..] {
+        ap.configure_ap(&vcpu_cpuid(supported.as_slice(), ap.index(), &spec))
+            .unwrap();
+        assert_eq!(ap.mp_state().unwrap(), KVM_MP_STATE_UNINITIALIZED);
+    }
+}

@@ -236,6 +236,117 @@ pub mod asm {
         ]
     }
 
+    /// `mov eax, leaf; xor ecx, ecx; cpuid`
+    pub fn cpuid(leaf: u32) -> Vec<u8> {
+        let mut v = vec![0xb8];
+        v.extend_from_slice(&leaf.to_le_bytes());
+        v.extend_from_slice(&[0x31, 0xc9, 0x0f, 0xa2]);
+        v
+    }
+
+    /// Runs CPUID `leaf` (subleaf 0) and prints one line `eax ebx ecx edx`
+    /// in hex to COM1 (parse it with [`super::parse_hex_words`]). Clobbers
+    /// EAX..EDX, ESI, EDI, EBP; needs no stack.
+    pub fn print_cpuid(leaf: u32) -> Vec<u8> {
+        let mut v = cpuid(leaf);
+        v.extend_from_slice(&[0x89, 0xde, 0x89, 0xcf, 0x89, 0xd5]); // mov esi, ebx; mov edi, ecx; mov ebp, edx
+        v.extend(print_hex_eax());
+        for reg in [0xf0u8, 0xf8, 0xe8] {
+            // mov eax, esi / edi / ebp
+            v.extend(serial_write(b" "));
+            v.extend_from_slice(&[0x89, reg]);
+            v.extend(print_hex_eax());
+        }
+        v.extend(serial_write(b"\n"));
+        v
+    }
+
+    /// `out 0xf4, eax; hlt`: exit with EAX as the value.
+    pub fn exit_eax() -> Vec<u8> {
+        vec![0xe7, 0xf4, 0xf4]
+    }
+
+    /// `mov al, 0xfe; out 0x64, al; jmp $`: keyboard-controller reset.
+    pub fn kbd_reset() -> Vec<u8> {
+        vec![0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]
+    }
+
+    /// Where the BSP copies an AP's real-mode trampoline (SIPI vector 0x08).
+    pub const TRAMPOLINE: u32 = 0x8000;
+    /// A byte the AP sets when it has run (below 1 MiB, real-mode reachable).
+    pub const AP_FLAG: u32 = 0x9000;
+
+    /// 32-bit: copies `len` bytes from `src` to [`TRAMPOLINE`]
+    /// (`mov esi, src; mov edi, TRAMPOLINE; mov ecx, len; cld; rep movsb`).
+    pub fn copy_trampoline(src: u32, len: u32) -> Vec<u8> {
+        let mut v = vec![0xbe];
+        v.extend_from_slice(&src.to_le_bytes());
+        v.push(0xbf);
+        v.extend_from_slice(&TRAMPOLINE.to_le_bytes());
+        v.push(0xb9);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(&[0xfc, 0xf3, 0xa4]);
+        v
+    }
+
+    /// 32-bit, paging off: `mov dword [addr], value`.
+    pub fn store32(addr: u32, value: u32) -> Vec<u8> {
+        let mut v = vec![0xc7, 0x05];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v.extend_from_slice(&value.to_le_bytes());
+        v
+    }
+
+    /// 32-bit: INIT, SIPI, SIPI to the CPU with APIC ID `apic_id` through
+    /// the xAPIC ICR (0xfee00310 high, 0xfee00300 low), SIPI vector 0x08
+    /// (start at [`TRAMPOLINE`]).
+    pub fn init_sipi_sipi(apic_id: u8) -> Vec<u8> {
+        const ICR_LOW: u32 = 0xfee0_0300;
+        const ICR_HIGH: u32 = 0xfee0_0310;
+        let dest = u32::from(apic_id) << 24;
+        let mut v = Vec::new();
+        for low in [
+            0x4500,
+            0x4600 | (TRAMPOLINE >> 12),
+            0x4600 | (TRAMPOLINE >> 12),
+        ] {
+            v.extend(store32(ICR_HIGH, dest));
+            v.extend(store32(ICR_LOW, low));
+        }
+        v
+    }
+
+    /// 32-bit: waits until the byte at [`AP_FLAG`] is non-zero, then exits
+    /// with it (`L: movzx eax, byte [AP_FLAG]; test eax, eax; jz L; out 0xf4, eax`).
+    pub fn wait_ap_flag_and_exit() -> Vec<u8> {
+        let mut v = vec![0x0f, 0xb6, 0x05];
+        v.extend_from_slice(&AP_FLAG.to_le_bytes());
+        v.extend_from_slice(&[0x85, 0xc0, 0x74, 0xf5]);
+        v.extend(exit_eax());
+        v
+    }
+
+    /// 16-bit real mode (the AP after SIPI): `xor ax, ax; mov ds, ax`.
+    pub fn real_flat_ds() -> Vec<u8> {
+        vec![0x31, 0xc0, 0x8e, 0xd8]
+    }
+
+    /// 16-bit real mode: reads its own APIC ID from CPUID.1:EBX[31:24] and
+    /// stores `0x10 | id` at [`AP_FLAG`] (DS must be 0), then `cli; hlt`.
+    pub fn real_report_apic_id() -> Vec<u8> {
+        let mut v = vec![
+            0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+            0x66, 0x31, 0xc9, // xor ecx, ecx
+            0x0f, 0xa2, // cpuid
+            0x66, 0xc1, 0xeb, 0x18, // shr ebx, 24
+            0x80, 0xcb, 0x10, // or bl, 0x10
+            0x88, 0x1e, // mov [AP_FLAG], bl
+        ];
+        v.extend_from_slice(&(AP_FLAG as u16).to_le_bytes());
+        v.extend(cli_hlt());
+        v
+    }
+
     /// After a STOP: reads the four result words and prints them to COM1 as
     /// one line `w0 w1 w2 w3` in hex. `after[i]` runs right after word `i`
     /// was printed, with the word in EBX.
@@ -249,6 +360,14 @@ pub mod asm {
         }
         v
     }
+}
+
+/// Parses a line of space-separated hex words (as [`asm::print_cpuid`]
+/// prints them).
+pub fn parse_hex_words(line: &str) -> Vec<u32> {
+    line.split(' ')
+        .map(|w| u32::from_str_radix(w, 16).unwrap_or_else(|_| panic!("{line:?}")))
+        .collect()
 }
 
 /// Parses the lines printed by [`asm::bench_print_result`] into

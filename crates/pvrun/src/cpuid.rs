@@ -1,0 +1,372 @@
+//! The CPUID each vCPU gets: KVM's supported set (`KVM_GET_SUPPORTED_CPUID`)
+//! patched with the vCPU's APIC ID and the CPU count, the hypervisor
+//! personality, and KVM paravirtual feature bits cleared.
+//!
+//! Everything here is pure (entries in, entries out), so it is unit-tested
+//! with made-up tables.
+
+use kvm_bindings::kvm_cpuid_entry2;
+
+/// CPUID leaf 1 ECX bit 31: running under a hypervisor.
+pub const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID leaf 1 EDX bit 28: HTT, "`EBX[23:16]` is valid" (more than one
+/// logical processor per package).
+pub const CPUID_1_EDX_HTT: u32 = 1 << 28;
+/// First leaf of the hypervisor range (`KVM_CPUID_SIGNATURE`).
+pub const HYPERVISOR_LEAF_FIRST: u32 = 0x4000_0000;
+/// Last leaf of the range pvrun hides with [`Personality::None`].
+pub const HYPERVISOR_LEAF_LAST: u32 = 0x4000_00ff;
+/// `KVM_CPUID_FEATURES`: EAX holds the KVM paravirtual feature bits.
+pub const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+
+/// KVM's paravirtual feature bits (CPUID 0x40000001 EAX), by bit number,
+/// named as `KVM_FEATURE_*` in Documentation/virt/kvm/x86/cpuid.rst,
+/// lowercased and without the prefix.
+pub const KVM_FEATURES: [(u8, &str); 18] = [
+    (0, "clocksource"),
+    (1, "nop_io_delay"),
+    (2, "mmu_op"),
+    (3, "clocksource2"),
+    (4, "async_pf"),
+    (5, "steal_time"),
+    (6, "pv_eoi"),
+    (7, "pv_unhalt"),
+    (9, "pv_tlb_flush"),
+    (10, "async_pf_vmexit"),
+    (11, "pv_send_ipi"),
+    (12, "poll_control"),
+    (13, "pv_sched_yield"),
+    (14, "async_pf_int"),
+    (15, "msi_ext_dest_id"),
+    (16, "hc_map_gpa_range"),
+    (17, "migration_control"),
+    (24, "clocksource_stable_bit"),
+];
+
+/// The name of KVM feature bit `bit`, if it has one.
+pub fn feature_name(bit: u8) -> Option<&'static str> {
+    KVM_FEATURES
+        .iter()
+        .find(|(b, _)| *b == bit)
+        .map(|(_, name)| *name)
+}
+
+/// `name` as used in messages: the feature name, or `bit N` if unnamed.
+pub fn feature_label(bit: u8) -> String {
+    feature_name(bit).map_or_else(|| format!("bit {bit}"), str::to_owned)
+}
+
+/// The set bits of `word`, lowest first.
+pub fn bits(word: u32) -> impl Iterator<Item = u8> {
+    (0..32u8).filter(move |b| word & (1 << b) != 0)
+}
+
+/// What the guest is told about the hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Personality {
+    /// The guest sees KVM: CPUID.1:ECX bit 31 set and leaves
+    /// 0x40000000/0x40000001 as KVM reports them, minus the cleared bits.
+    #[default]
+    Kvm,
+    /// The guest sees no hypervisor: CPUID.1:ECX bit 31 clear and no leaf in
+    /// 0x40000000..=0x400000ff, so a kernel takes its native path.
+    None,
+}
+
+impl Personality {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Personality::Kvm => "kvm",
+            Personality::None => "none",
+        }
+    }
+}
+
+/// A `--cpuid-mask` list that names something that is not a KVM feature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown KVM feature '{item}' in the CPUID mask; valid names: {}; or bit numbers 0..=31",
+    KVM_FEATURES.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+)]
+pub struct MaskError {
+    /// The item that was not understood.
+    pub item: String,
+}
+
+/// Parses a `--cpuid-mask` list: comma-separated feature names (see
+/// [`KVM_FEATURES`], case-insensitive, an optional `kvm_feature_` prefix
+/// allowed) and/or bit numbers 0..=31. Returns the bits to clear from
+/// CPUID 0x40000001 EAX. Empty items are ignored.
+pub fn parse_feature_mask(list: &str) -> Result<u32, MaskError> {
+    let mut mask = 0u32;
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let lower = item.to_ascii_lowercase();
+        let name = lower.strip_prefix("kvm_feature_").unwrap_or(&lower);
+        let bit = match name.parse::<u8>() {
+            Ok(n) if n < 32 => Some(n),
+            Ok(_) => None,
+            Err(_) => KVM_FEATURES
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(b, _)| *b),
+        };
+        match bit {
+            Some(b) => mask |= 1 << b,
+            None => {
+                return Err(MaskError {
+                    item: item.to_owned(),
+                })
+            }
+        }
+    }
+    Ok(mask)
+}
+
+/// How to patch KVM's supported CPUID for every vCPU of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuidSpec {
+    /// Number of vCPUs (1..=8): `CPUID.1:EBX[23:16]`, and HTT when > 1.
+    pub cpus: u8,
+    /// What the guest sees of the hypervisor.
+    pub personality: Personality,
+    /// KVM feature bits to clear from CPUID 0x40000001 EAX (personality kvm).
+    pub kvm_features_clear: u32,
+}
+
+/// KVM's supported CPUID `supported` patched for the vCPU with APIC ID
+/// `apic_id`:
+///
+/// * leaf 1: `EBX[31:24]` = APIC ID, `EBX[23:16]` = CPU count, EDX.HTT set iff
+///   more than one CPU, ECX bit 31 (hypervisor) set for personality kvm and
+///   clear for none;
+/// * leaves 0xB and 0x1F (every subleaf present): EDX = x2APIC ID;
+/// * personality kvm: CPUID 0x40000001 EAX minus `kvm_features_clear`;
+/// * personality none: every leaf in 0x40000000..=0x400000ff dropped.
+pub fn vcpu_cpuid(
+    supported: &[kvm_cpuid_entry2],
+    apic_id: u8,
+    spec: &CpuidSpec,
+) -> Vec<kvm_cpuid_entry2> {
+    let mut out = Vec::with_capacity(supported.len());
+    for entry in supported {
+        let mut e = *entry;
+        let hypervisor_leaf = (HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function);
+        match (e.function, spec.personality) {
+            (_, Personality::None) if hypervisor_leaf => continue,
+            (1, personality) => {
+                e.ebx = (e.ebx & 0x0000_ffff)
+                    | (u32::from(spec.cpus) << 16)
+                    | (u32::from(apic_id) << 24);
+                if spec.cpus > 1 {
+                    e.edx |= CPUID_1_EDX_HTT;
+                } else {
+                    e.edx &= !CPUID_1_EDX_HTT;
+                }
+                if personality == Personality::Kvm {
+                    e.ecx |= CPUID_1_ECX_HYPERVISOR;
+                } else {
+                    e.ecx &= !CPUID_1_ECX_HYPERVISOR;
+                }
+            }
+            (0xb | 0x1f, _) => e.edx = u32::from(apic_id),
+            (KVM_CPUID_FEATURES, Personality::Kvm) => e.eax &= !spec.kvm_features_clear,
+            _ => {}
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// The 12-byte vendor-style signature in EBX, ECX, EDX of `entry` (e.g.
+/// `KVMKVMKVM\0\0\0` for 0x40000000), trailing NULs removed, other
+/// unprintable bytes escaped.
+pub fn signature(entry: &kvm_cpuid_entry2) -> String {
+    let mut bytes = Vec::with_capacity(12);
+    for r in [entry.ebx, entry.ecx, entry.edx] {
+        bytes.extend_from_slice(&r.to_le_bytes());
+    }
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    bytes
+        .iter()
+        .flat_map(|b| b.escape_ascii())
+        .map(char::from)
+        .collect()
+}
+
+/// The entry for `function` (subleaf 0) in `entries`.
+pub fn find(entries: &[kvm_cpuid_entry2], function: u32) -> Option<&kvm_cpuid_entry2> {
+    entries
+        .iter()
+        .find(|e| e.function == function && e.index == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    /// Leaves as this repository's host reports them (abridged).
+    fn supported() -> Vec<kvm_cpuid_entry2> {
+        vec![
+            entry(0, 0, [0x1c, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
+            entry(1, 0, [0x000c_06f2, 0x0102_0800, 0x8120_2000, 0x0f8b_fbff]),
+            entry(0xb, 0, [0, 0, 0, 0]),
+            entry(0xb, 1, [0, 0, 0, 0]),
+            entry(0x1f, 0, [0, 0, 0, 0]),
+            entry(
+                0x4000_0000,
+                0,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
+            entry(0x4000_0001, 0, [0x0100_7efb, 0, 0, 0]),
+            entry(0x4000_0010, 0, [1, 2, 3, 4]),
+            entry(0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
+        ]
+    }
+
+    fn spec(cpus: u8, personality: Personality, clear: u32) -> CpuidSpec {
+        CpuidSpec {
+            cpus,
+            personality,
+            kvm_features_clear: clear,
+        }
+    }
+
+    fn leaf(entries: &[kvm_cpuid_entry2], function: u32) -> kvm_cpuid_entry2 {
+        *find(entries, function).unwrap_or_else(|| panic!("leaf {function:#x}"))
+    }
+
+    #[test]
+    fn apic_ids_and_count() {
+        for (cpus, apic_id) in [(4u8, 0u8), (4, 3), (8, 7)] {
+            let out = vcpu_cpuid(&supported(), apic_id, &spec(cpus, Personality::Kvm, 0));
+            let l1 = leaf(&out, 1);
+            assert_eq!(l1.ebx >> 24, u32::from(apic_id));
+            assert_eq!((l1.ebx >> 16) & 0xff, u32::from(cpus));
+            assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size and brand kept");
+            assert_ne!(l1.edx & CPUID_1_EDX_HTT, 0, "HTT with {cpus} CPUs");
+            assert_eq!(l1.edx & !CPUID_1_EDX_HTT, 0x0f8b_fbff, "other bits kept");
+            for e in out
+                .iter()
+                .filter(|e| e.function == 0xb || e.function == 0x1f)
+            {
+                assert_eq!(
+                    e.edx,
+                    u32::from(apic_id),
+                    "leaf {:#x}.{}",
+                    e.function,
+                    e.index
+                );
+            }
+            assert_eq!(out.len(), supported().len());
+        }
+    }
+
+    #[test]
+    fn one_cpu_has_no_htt() {
+        let mut table = supported();
+        table[1].edx |= CPUID_1_EDX_HTT;
+        let l1 = leaf(&vcpu_cpuid(&table, 0, &spec(1, Personality::Kvm, 0)), 1);
+        assert_eq!(l1.edx & CPUID_1_EDX_HTT, 0);
+        assert_eq!((l1.ebx >> 16) & 0xff, 1);
+        assert_eq!(l1.ebx >> 24, 0);
+    }
+
+    #[test]
+    fn personality_kvm_keeps_the_leaves_and_sets_the_hypervisor_bit() {
+        let mut table = supported();
+        table[1].ecx &= !CPUID_1_ECX_HYPERVISOR;
+        let out = vcpu_cpuid(&table, 0, &spec(1, Personality::Kvm, 0));
+        assert_ne!(leaf(&out, 1).ecx & CPUID_1_ECX_HYPERVISOR, 0);
+        assert_eq!(signature(&leaf(&out, 0x4000_0000)), "KVMKVMKVM");
+        assert_eq!(leaf(&out, KVM_CPUID_FEATURES).eax, 0x0100_7efb);
+        assert!(find(&out, 0x4000_0010).is_some());
+    }
+
+    #[test]
+    fn personality_none_drops_the_leaves_and_the_hypervisor_bit() {
+        let out = vcpu_cpuid(&supported(), 1, &spec(2, Personality::None, 1 << 5));
+        assert_eq!(leaf(&out, 1).ecx & CPUID_1_ECX_HYPERVISOR, 0);
+        assert_eq!(leaf(&out, 1).ecx, 0x0120_2000, "other bits kept");
+        assert!(out
+            .iter()
+            .all(|e| !(HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function)));
+        assert_eq!(out.len(), supported().len() - 3);
+        // The rest is patched as usual.
+        assert_eq!(leaf(&out, 1).ebx >> 16, 0x0102);
+        assert!(find(&out, 0x8000_0000).is_some());
+    }
+
+    #[test]
+    fn masks_clear_feature_bits() {
+        let clear = (1 << 5) | (1 << 7) | (1 << 16);
+        let out = vcpu_cpuid(&supported(), 0, &spec(1, Personality::Kvm, clear));
+        assert_eq!(leaf(&out, KVM_CPUID_FEATURES).eax, 0x0100_7efb & !clear);
+        assert_eq!(leaf(&out, KVM_CPUID_FEATURES).eax, 0x0100_7e5b);
+        // Only 0x40000001 EAX is touched.
+        assert_eq!(leaf(&out, 0x4000_0010).eax, 1);
+    }
+
+    #[test]
+    fn mask_parsing() {
+        assert_eq!(parse_feature_mask("steal_time"), Ok(1 << 5));
+        assert_eq!(
+            parse_feature_mask("pv_eoi,steal_time,clocksource2"),
+            Ok((1 << 6) | (1 << 5) | (1 << 3))
+        );
+        assert_eq!(
+            parse_feature_mask("7, 13,pv_unhalt"),
+            Ok((1 << 7) | (1 << 13))
+        );
+        assert_eq!(
+            parse_feature_mask("KVM_FEATURE_PV_EOI,31"),
+            Ok((1 << 6) | (1 << 31))
+        );
+        assert_eq!(parse_feature_mask("clocksource_stable_bit"), Ok(1 << 24));
+        assert_eq!(parse_feature_mask(""), Ok(0));
+        assert_eq!(parse_feature_mask("0,"), Ok(1));
+        for (name_bit, name) in KVM_FEATURES {
+            assert_eq!(parse_feature_mask(name), Ok(1 << name_bit));
+        }
+    }
+
+    #[test]
+    fn unknown_mask_items_list_the_valid_names() {
+        for bad in ["steal", "32", "-1", "pv_eoi,bogus", "0x5"] {
+            let err = parse_feature_mask(bad).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("unknown KVM feature"), "{text}");
+            assert!(
+                text.contains("clocksource, nop_io_delay, mmu_op") && text.contains("pv_unhalt"),
+                "{text}"
+            );
+            assert!(!text.contains('\n'));
+        }
+        assert_eq!(
+            parse_feature_mask("pv_eoi,bogus").unwrap_err().item,
+            "bogus"
+        );
+    }
+
+    #[test]
+    fn feature_names() {
+        assert_eq!(feature_name(7), Some("pv_unhalt"));
+        assert_eq!(feature_name(8), None);
+        assert_eq!(feature_label(8), "bit 8");
+        assert_eq!(bits(0x8000_00a1).collect::<Vec<_>>(), vec![0, 5, 7, 31]);
+    }
+}
