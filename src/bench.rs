@@ -57,10 +57,7 @@ fn benches(platform: &Platform, kernel: &Path, cmdline: &str) -> Result<Vec<Benc
     let boot = run::boot(platform, kernel, cmdline, false)?;
     let problems: Vec<String> = boot.report.problems();
     if !problems.is_empty() {
-        return Err(LabError::Bench(
-            platform.name.to_string(),
-            problems.join("; "),
-        ));
+        return Err(LabError::Bench(platform.name.to_string(), problems.join("; ")));
     }
     Ok(boot.report.benches)
 }
@@ -72,12 +69,10 @@ pub fn measure(
     iters: u64,
     reps: u32,
 ) -> Result<PlatformBench, LabError> {
-    let base =
-        format!("pvkernel.tests=bench pvkernel.bench.iters={iters} pvkernel.bench.reps={reps}");
+    let base = format!("pvkernel.tests=bench pvkernel.bench.iters={iters} pvkernel.bench.reps={reps}");
     let patched = benches(platform, kernel, &base)?;
     let unpatched = benches(platform, kernel, &format!("{base} pv.patch=off"))?;
-    let unpatched: BTreeMap<&str, &Bench> =
-        unpatched.iter().map(|b| (b.name.as_str(), b)).collect();
+    let unpatched: BTreeMap<&str, &Bench> = unpatched.iter().map(|b| (b.name.as_str(), b)).collect();
     let (per_op, other): (Vec<Bench>, Vec<Bench>) =
         patched.into_iter().partition(|b| field(b, "raw_cycles").is_some());
     let ops = per_op
@@ -85,11 +80,7 @@ pub fn measure(
         .map(|b| {
             let c = unpatched.get(b.name.as_str());
             let tri = |metric: &str| {
-                [
-                    net(b, "raw", metric),
-                    net(b, "site", metric),
-                    c.and_then(|c| net(c, "site", metric)),
-                ]
+                [net(b, "raw", metric), net(b, "site", metric), c.and_then(|c| net(c, "site", metric))]
             };
             let gross = |metric: &str| {
                 [
@@ -113,11 +104,7 @@ pub fn measure(
             }
         })
         .collect();
-    Ok(PlatformBench {
-        platform: platform.name,
-        ops,
-        other,
-    })
+    Ok(PlatformBench { platform: platform.name, ops, other })
 }
 
 fn cell(v: Option<f64>) -> String {

@@ -17,9 +17,8 @@ pub fn repo_root() -> &'static Path {
 }
 
 fn target_dir(sub: &str) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
+    let base =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     base.join(sub)
 }
 
@@ -27,37 +26,25 @@ fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut c = Command::new(cargo);
     // Flags meant for the host build must not leak into a nested one.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR"] {
         c.env_remove(var);
     }
     c
 }
 
 fn run_build(mut cmd: Command, what: &str) -> Result<(), LabError> {
-    let out = cmd
-        .output()
-        .map_err(|e| LabError::Build(format!("{what}: cannot run cargo: {e}")))?;
+    let out = cmd.output().map_err(|e| LabError::Build(format!("{what}: cannot run cargo: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let first_error = stderr
-        .lines()
-        .find(|l| l.starts_with("error"))
-        .unwrap_or("cargo failed without an error line");
+    let first_error =
+        stderr.lines().find(|l| l.starts_with("error")).unwrap_or("cargo failed without an error line");
     // Keep the whole output for the curious; report one line.
     let log = target_dir("pvlab").join(format!("build-{what}.log"));
     let _ = std::fs::create_dir_all(log.parent().unwrap_or(Path::new(".")));
     let _ = std::fs::write(&log, stderr.as_bytes());
-    Err(LabError::Build(format!(
-        "{what}: {first_error} (full log: {})",
-        log.display()
-    )))
+    Err(LabError::Build(format!("{what}: {first_error} (full log: {})", log.display())))
 }
 
 /// Adds the kernel's rustup target if it is missing (`RUSTUP_AUTO_INSTALL=0`
@@ -66,15 +53,8 @@ pub fn ensure_kernel_target() -> Result<(), LabError> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map_err(|e| {
-            LabError::Build(format!(
-                "cannot run rustup to check for {KERNEL_TARGET}: {e}"
-            ))
-        })?;
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == KERNEL_TARGET)
-    {
+        .map_err(|e| LabError::Build(format!("cannot run rustup to check for {KERNEL_TARGET}: {e}")))?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == KERNEL_TARGET) {
         return Ok(());
     }
     eprintln!("pvlab: adding rustup target {KERNEL_TARGET}");
@@ -84,13 +64,8 @@ pub fn ensure_kernel_target() -> Result<(), LabError> {
         .map_err(|e| LabError::Build(format!("cannot run rustup: {e}")))?;
     if !add.status.success() {
         let why = String::from_utf8_lossy(&add.stderr);
-        let why = why
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("unknown reason");
-        return Err(LabError::Build(format!(
-            "cannot add rustup target {KERNEL_TARGET}: {why}"
-        )));
+        let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown reason");
+        return Err(LabError::Build(format!("cannot add rustup target {KERNEL_TARGET}: {why}")));
     }
     Ok(())
 }

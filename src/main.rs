@@ -62,17 +62,13 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
     let selected: Vec<&'static Platform> = if cli.platforms.is_empty() {
         platform::ALL.iter().collect()
     } else {
-        cli.platforms
-            .iter()
-            .map(|n| platform::by_name(n))
-            .collect::<Result<_, _>>()?
+        cli.platforms.iter().map(|n| platform::by_name(n)).collect::<Result<_, _>>()?
     };
     match cli.command.unwrap_or(Cmd::Matrix) {
         Cmd::List => {
             for p in selected {
-                let state = p
-                    .availability()
-                    .map_or_else(|why| format!("absent: {why}"), |()| "present".into());
+                let state =
+                    p.availability().map_or_else(|why| format!("absent: {why}"), |()| "present".into());
                 println!("{:<18} {}", p.name, state);
             }
             Ok(ExitCode::SUCCESS)
@@ -97,10 +93,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
             let path = dir.join("bench.json");
             std::fs::create_dir_all(&dir)
                 .and_then(|()| {
-                    std::fs::write(
-                        &path,
-                        serde_json::to_string_pretty(&results).unwrap_or_default(),
-                    )
+                    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap_or_default())
                 })
                 .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
             println!("bench.json: {}", path.display());
@@ -113,11 +106,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
             let dir = build::output_dir();
             matrix::save(&rows, &dir)?;
             println!("logs and results.json: {}", dir.display());
-            Ok(if matrix::any_failed(&rows) {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if matrix::any_failed(&rows) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }
 }

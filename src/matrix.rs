@@ -32,57 +32,24 @@ pub struct Row {
 }
 
 /// Runs `platforms` one after the other (they compete for two cores otherwise).
-pub fn run(
-    platforms: &[&'static Platform],
-    kernel: &Path,
-    extra_cmdline: &str,
-    echo: bool,
-) -> Vec<Row> {
+pub fn run(platforms: &[&'static Platform], kernel: &Path, extra_cmdline: &str, echo: bool) -> Vec<Row> {
     let mut rows = Vec::new();
     for (i, &p) in platforms.iter().enumerate() {
         if let Err(why) = p.availability() {
-            eprintln!(
-                "pvlab: [{}/{}] {:<18} SKIP: {why}",
-                i + 1,
-                platforms.len(),
-                p.name
-            );
-            rows.push(Row {
-                platform: *p,
-                verdict: Verdict::Skipped(why),
-                boot: None,
-            });
+            eprintln!("pvlab: [{}/{}] {:<18} SKIP: {why}", i + 1, platforms.len(), p.name);
+            rows.push(Row { platform: *p, verdict: Verdict::Skipped(why), boot: None });
             continue;
         }
-        eprintln!(
-            "pvlab: [{}/{}] {:<18} booting…",
-            i + 1,
-            platforms.len(),
-            p.name
-        );
+        eprintln!("pvlab: [{}/{}] {:<18} booting…", i + 1, platforms.len(), p.name);
         let token = run::fresh_token();
-        let cmdline = format!("pvkernel.token={token} {extra_cmdline}")
-            .trim()
-            .to_string();
+        let cmdline = format!("pvkernel.token={token} {extra_cmdline}").trim().to_string();
         let row = match run::boot(p, kernel, &cmdline, echo) {
             Ok(boot) => {
                 let problems = boot.problems(p, Some(&token));
-                let verdict = if problems.is_empty() {
-                    Verdict::Passed
-                } else {
-                    Verdict::Failed(problems)
-                };
-                Row {
-                    platform: *p,
-                    verdict,
-                    boot: Some(boot),
-                }
+                let verdict = if problems.is_empty() { Verdict::Passed } else { Verdict::Failed(problems) };
+                Row { platform: *p, verdict, boot: Some(boot) }
             }
-            Err(e) => Row {
-                platform: *p,
-                verdict: Verdict::Failed(vec![e.to_string()]),
-                boot: None,
-            },
+            Err(e) => Row { platform: *p, verdict: Verdict::Failed(vec![e.to_string()]), boot: None },
         };
         rows.push(row);
     }
@@ -90,9 +57,7 @@ pub fn run(
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("-".to_string(), |d| {
-        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-    })
+    d.map_or("-".to_string(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0))
 }
 
 /// The table, as text.
@@ -116,9 +81,7 @@ pub fn render(rows: &[Row]) -> String {
                 b.report.passed(),
                 b.report.failed(),
                 b.report.skipped(),
-                b.report
-                    .platform_field("backend")
-                    .unwrap_or_else(|| "?".into()),
+                b.report.platform_field("backend").unwrap_or_else(|| "?".into()),
                 ms(b.first_tap_line),
                 ms(Some(b.total)),
             )),
@@ -132,9 +95,7 @@ pub fn render(rows: &[Row]) -> String {
                     s.push_str(&format!("  {}: {}\n", r.platform.name, p));
                 }
             }
-            Verdict::Skipped(why) => {
-                s.push_str(&format!("  {}: skipped: {}\n", r.platform.name, why))
-            }
+            Verdict::Skipped(why) => s.push_str(&format!("  {}: skipped: {}\n", r.platform.name, why)),
             Verdict::Passed => {}
         }
     }
@@ -148,8 +109,7 @@ pub fn any_failed(rows: &[Row]) -> bool {
 
 /// Writes each boot's serial log and a `results.json` under `dir`.
 pub fn save(rows: &[Row], dir: &Path) -> Result<(), LabError> {
-    let err =
-        |p: &Path, e: std::io::Error| LabError::Output(p.display().to_string(), e.to_string());
+    let err = |p: &Path, e: std::io::Error| LabError::Output(p.display().to_string(), e.to_string());
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     for r in rows {
         if let Some(b) = &r.boot {

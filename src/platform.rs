@@ -126,19 +126,12 @@ fn qemu_present() -> Result<(), String> {
     match Command::new(qemu_binary()).arg("--version").output() {
         Ok(o) if o.status.success() => Ok(()),
         Ok(_) => Err(format!("{} --version failed", qemu_binary())),
-        Err(e) => Err(format!(
-            "{} not found ({e}); run scripts/setup.sh",
-            qemu_binary()
-        )),
+        Err(e) => Err(format!("{} not found ({e}); run scripts/setup.sh", qemu_binary())),
     }
 }
 
 fn kvm_usable() -> Result<(), String> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("/dev/kvm absent".to_string()),
         Err(e) => Err(format!("/dev/kvm not usable: {e}")),
@@ -179,24 +172,10 @@ impl Platform {
     }
 }
 
-fn qemu(
-    kernel: &Path,
-    cmdline: &str,
-    machine: &str,
-    accel: &str,
-    mem: &str,
-    cpus: &str,
-) -> Command {
+fn qemu(kernel: &Path, cmdline: &str, machine: &str, accel: &str, mem: &str, cpus: &str) -> Command {
     let mut c = Command::new(qemu_binary());
     c.args(["-M", machine, "-accel", accel, "-m", mem, "-smp", cpus])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-monitor",
-            "none",
-        ])
+        .args(["-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none"])
         .args(["-serial", "stdio"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-kernel")

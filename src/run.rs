@@ -56,18 +56,14 @@ impl Boot {
     pub fn problems(&self, platform: &Platform, token: Option<&str>) -> Vec<String> {
         let mut p = Vec::new();
         if self.timed_out {
-            p.push(format!(
-                "watchdog: no exit within {:.0} s",
-                platform.timeout.as_secs_f64()
-            ));
+            p.push(format!("watchdog: no exit within {:.0} s", platform.timeout.as_secs_f64()));
         }
         match self.guest_exit_value() {
             Some(0) => {}
             Some(v) => p.push(format!("kernel exit value {v}")),
             None if !self.timed_out => p.push(format!(
                 "launcher exited with {} ({})",
-                self.status
-                    .map_or("a signal".to_string(), |s| s.to_string()),
+                self.status.map_or("a signal".to_string(), |s| s.to_string()),
                 self.stderr.lines().last().unwrap_or("no message")
             )),
             None => {}
@@ -75,18 +71,12 @@ impl Boot {
         p.extend(self.report.problems());
         match self.report.platform_field("platform") {
             Some(got) if got == platform.expect_platform => {}
-            Some(got) => p.push(format!(
-                "platform line says {got}, expected {}",
-                platform.expect_platform
-            )),
+            Some(got) => p.push(format!("platform line says {got}, expected {}", platform.expect_platform)),
             None => p.push("no `# platform:` line".to_string()),
         }
         match self.report.platform_field("backend") {
             Some(got) if got == platform.expect_backend => {}
-            Some(got) => p.push(format!(
-                "backend {got} selected, expected {}",
-                platform.expect_backend
-            )),
+            Some(got) => p.push(format!("backend {got} selected, expected {}", platform.expect_backend)),
             None => p.push("no backend on the `# platform:` line".to_string()),
         }
         if let Some(drift) = self.clock_drift() {
@@ -133,28 +123,17 @@ impl Boot {
 
 /// A fresh token for the kernel to echo (proves the command line arrived).
 pub fn fresh_token() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}{:x}", nanos as u64, std::process::id())
 }
 
 /// Boots `kernel` on `platform` with `cmdline`; `echo` prints serial lines live.
-pub fn boot(
-    platform: &Platform,
-    kernel: &Path,
-    cmdline: &str,
-    echo: bool,
-) -> Result<Boot, LabError> {
+pub fn boot(platform: &Platform, kernel: &Path, cmdline: &str, echo: bool) -> Result<Boot, LabError> {
     let mut cmd = platform.command(kernel, cmdline)?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| LabError::Launch(platform.name.to_string(), e.to_string()))?;
+    let mut child = cmd.spawn().map_err(|e| LabError::Launch(platform.name.to_string(), e.to_string()))?;
 
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel::<TimedLine>();
@@ -162,16 +141,8 @@ pub fn boot(
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
         while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-            let text = String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\n', '\r'])
-                .to_string();
-            if tx
-                .send(TimedLine {
-                    at: start.elapsed(),
-                    text,
-                })
-                .is_err()
-            {
+            let text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+            if tx.send(TimedLine { at: start.elapsed(), text }).is_err() {
                 break;
             }
             buf.clear();
@@ -208,10 +179,7 @@ pub fn boot(
         take_line(l, &mut lines, &mut report, echo, platform.name);
     }
     let stderr = err_reader.join().unwrap_or_default();
-    let first_tap_line = lines
-        .iter()
-        .find(|l| l.text.starts_with("TAP version"))
-        .map(|l| l.at);
+    let first_tap_line = lines.iter().find(|l| l.text.starts_with("TAP version")).map(|l| l.at);
     Ok(Boot {
         platform: platform.name,
         cmdline: cmdline.to_string(),
@@ -225,13 +193,7 @@ pub fn boot(
     })
 }
 
-fn take_line(
-    l: TimedLine,
-    lines: &mut Vec<TimedLine>,
-    report: &mut TapReport,
-    echo: bool,
-    name: &str,
-) {
+fn take_line(l: TimedLine, lines: &mut Vec<TimedLine>, report: &mut TapReport, echo: bool, name: &str) {
     if echo {
         eprintln!("[{name} {:>8.3}s] {}", l.at.as_secs_f64(), l.text);
     }

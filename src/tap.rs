@@ -88,33 +88,19 @@ impl TapReport {
             Some((n, why)) => (n, Some(why.trim().to_string())),
             None => (desc, None),
         };
-        self.tests.push(TestPoint {
-            number,
-            name: name.trim().to_string(),
-            ok,
-            skip,
-            message: None,
-        });
+        self.tests.push(TestPoint { number, name: name.trim().to_string(), ok, skip, message: None });
     }
 
     /// Value of a `# key: value` diagnostic (first match).
     pub fn diagnostic(&self, key: &str) -> Option<&str> {
-        self.diagnostics
-            .iter()
-            .find_map(|d| d.strip_prefix(key)?.strip_prefix(": "))
+        self.diagnostics.iter().find_map(|d| d.strip_prefix(key)?.strip_prefix(": "))
     }
 
     /// Field `key` of the `# platform:` line, e.g. `backend`.
     pub fn platform_field(&self, key: &str) -> Option<String> {
-        let line = self
-            .diagnostics
-            .iter()
-            .find(|d| d.starts_with("platform: "))?;
+        let line = self.diagnostics.iter().find(|d| d.starts_with("platform: "))?;
         if key == "platform" {
-            return line["platform: ".len()..]
-                .split_whitespace()
-                .next()
-                .map(str::to_string);
+            return line["platform: ".len()..].split_whitespace().next().map(str::to_string);
         }
         let mut words = line.split_whitespace();
         while let Some(w) = words.next() {
@@ -127,10 +113,7 @@ impl TapReport {
 
     /// Tests that passed (not skipped).
     pub fn passed(&self) -> usize {
-        self.tests
-            .iter()
-            .filter(|t| t.ok && t.skip.is_none())
-            .count()
+        self.tests.iter().filter(|t| t.ok && t.skip.is_none()).count()
     }
 
     /// Tests that failed.
@@ -160,10 +143,9 @@ impl TapReport {
         }
         match self.plan {
             None => p.push("no plan line".to_string()),
-            Some(n) if n != self.tests.len() => p.push(format!(
-                "plan says {n} tests, {} reported",
-                self.tests.len()
-            )),
+            Some(n) if n != self.tests.len() => {
+                p.push(format!("plan says {n} tests, {} reported", self.tests.len()))
+            }
             Some(_) => {}
         }
         for (i, t) in self.tests.iter().enumerate() {
@@ -175,10 +157,7 @@ impl TapReport {
                     "not ok {} - {}{}",
                     t.number,
                     t.name,
-                    t.message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
+                    t.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
                 ));
             }
         }
@@ -196,11 +175,7 @@ fn parse_bench(rest: &str) -> Option<Bench> {
             Err(_) => labels.push((k.to_string(), v.to_string())),
         }
     }
-    Some(Bench {
-        name,
-        fields,
-        labels,
-    })
+    Some(Bench { name, fields, labels })
 }
 
 #[cfg(test)]
@@ -237,10 +212,7 @@ ok 3 - cpu.msr # SKIP x2APIC enabled
         assert_eq!(r.platform_field("hv").as_deref(), Some("KVMKVMKVM"));
         assert_eq!(r.benches[0].name, "irq.disable");
         assert_eq!(r.benches[0].fields[1], ("cycles_per_op".to_string(), 3.5));
-        assert_eq!(
-            r.benches[0].labels,
-            [("impl".to_string(), "native-inline".to_string())]
-        );
+        assert_eq!(r.benches[0].labels, [("impl".to_string(), "native-inline".to_string())]);
         assert!(!r.is_success());
         assert!(r.problems().iter().any(|p| p.contains("heap leaked")));
     }

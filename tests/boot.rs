@@ -30,58 +30,24 @@ fn full_suite(name: &str) {
     let token = run::fresh_token();
     let b = boot(p, &format!("pvkernel.token={token}"));
     let problems = b.problems(p, Some(&token));
-    assert!(
-        problems.is_empty(),
-        "{name}: {problems:#?}\nserial:\n{}",
-        transcript(&b)
-    );
+    assert!(problems.is_empty(), "{name}: {problems:#?}\nserial:\n{}", transcript(&b));
     let plan = b.report.plan.expect("plan");
     assert!(plan >= MIN_TESTS, "{name}: only {plan} tests");
     assert_eq!(b.report.tests.len(), plan);
     assert!(b.report.tests.iter().all(|t| t.ok), "{name}: a test failed");
-    assert_eq!(
-        b.report.platform_field("backend").as_deref(),
-        Some(p.expect_backend)
-    );
+    assert_eq!(b.report.platform_field("backend").as_deref(), Some(p.expect_backend));
     // One `# op` line per op, each naming its implementation.
-    let ops: Vec<&String> = b
-        .report
-        .diagnostics
-        .iter()
-        .filter(|d| d.starts_with("op "))
-        .collect();
+    let ops: Vec<&String> = b.report.diagnostics.iter().filter(|d| d.starts_with("op ")).collect();
     assert!(ops.len() >= 40, "{name}: only {} `# op` lines", ops.len());
-    assert!(
-        ops.iter().all(|d| d.contains(" -> ")),
-        "{name}: malformed op line"
-    );
-    assert!(
-        ops.iter()
-            .any(|d| d.as_str() == "op irq.disable -> native-inline"),
-        "{name}: cli not inlined"
-    );
+    assert!(ops.iter().all(|d| d.contains(" -> ")), "{name}: malformed op line");
+    assert!(ops.iter().any(|d| d.as_str() == "op irq.disable -> native-inline"), "{name}: cli not inlined");
     assert_eq!(b.report.platform_field("boot").as_deref(), Some("pvh"));
     let cpus = b.report.diagnostic("cpus").unwrap_or("");
-    assert!(
-        cpus.starts_with(&format!("{} online", p.cpus)),
-        "{name}: cpus line `{cpus}`"
-    );
+    assert!(cpus.starts_with(&format!("{} online", p.cpus)), "{name}: cpus line `{cpus}`");
     if p.cpus > 1 {
-        for t in [
-            "smp.ipi_reaches_every_cpu",
-            "smp.tlb_shootdown",
-            "smp.kick_wakes_waiter",
-        ] {
-            let point = b
-                .report
-                .tests
-                .iter()
-                .find(|x| x.name == t)
-                .expect("smp test present");
-            assert!(
-                point.ok && point.skip.is_none(),
-                "{name}: {t} skipped or failed"
-            );
+        for t in ["smp.ipi_reaches_every_cpu", "smp.tlb_shootdown", "smp.kick_wakes_waiter"] {
+            let point = b.report.tests.iter().find(|x| x.name == t).expect("smp test present");
+            assert!(point.ok && point.skip.is_none(), "{name}: {t} skipped or failed");
         }
     }
     assert_eq!(b.guest_exit_value(), Some(0));
@@ -138,29 +104,11 @@ fn qemu_kvm() {
 fn fatal_page_fault(name: &str) {
     let Some(p) = available(name) else { return };
     let b = boot(p, "pvkernel.crash=page_fault");
-    let reason = b
-        .report
-        .bail_out
-        .clone()
-        .unwrap_or_else(|| panic!("no Bail out!\n{}", transcript(&b)));
-    for needle in [
-        "#PF",
-        "vector 14",
-        "rip=0x",
-        "error=0x0",
-        "cr2=0xffffc000dead0000",
-    ] {
-        assert!(
-            reason.contains(needle),
-            "{name}: `{needle}` missing in: {reason}"
-        );
+    let reason = b.report.bail_out.clone().unwrap_or_else(|| panic!("no Bail out!\n{}", transcript(&b)));
+    for needle in ["#PF", "vector 14", "rip=0x", "error=0x0", "cr2=0xffffc000dead0000"] {
+        assert!(reason.contains(needle), "{name}: `{needle}` missing in: {reason}");
     }
-    assert_eq!(
-        b.guest_exit_value(),
-        Some(2),
-        "{name}: status {:?}",
-        b.status
-    );
+    assert_eq!(b.guest_exit_value(), Some(2), "{name}: status {:?}", b.status);
 }
 
 #[test]
@@ -180,10 +128,7 @@ fn panic_bails_out() {
     };
     let b = boot(p, "pvkernel.crash=panic");
     let reason = b.report.bail_out.clone().expect("Bail out!");
-    assert!(
-        reason.contains("requested by pvkernel.crash=panic"),
-        "{reason}"
-    );
+    assert!(reason.contains("requested by pvkernel.crash=panic"), "{reason}");
     assert_eq!(b.guest_exit_value(), Some(2));
 }
 
@@ -195,20 +140,12 @@ fn pv_override_on_pvrun() {
         return;
     };
     let b = boot(p, "pv=native pvkernel.tests=pv.");
-    assert_eq!(
-        b.report.platform_field("backend").as_deref(),
-        Some("native"),
-        "{}",
-        transcript(&b)
-    );
+    assert_eq!(b.report.platform_field("backend").as_deref(), Some("native"), "{}", transcript(&b));
     assert!(b.report.is_success(), "{}", transcript(&b));
     let b = boot(p, "pv=vmware pvkernel.tests=pv.");
     assert_eq!(b.report.platform_field("backend").as_deref(), Some("kvm"));
     assert!(
-        b.report
-            .diagnostics
-            .iter()
-            .any(|d| d.contains("pv=vmware: no such backend")),
+        b.report.diagnostics.iter().any(|d| d.contains("pv=vmware: no such backend")),
         "{}",
         transcript(&b)
     );
@@ -222,16 +159,8 @@ fn unpatched_kernel_passes() {
     };
     let b = boot(p, "pv.patch=off");
     assert!(b.report.is_success(), "{}", transcript(&b));
-    assert!(b
-        .report
-        .diagnostics
-        .iter()
-        .any(|d| d.starts_with("patched: off")));
-    assert!(b
-        .report
-        .diagnostics
-        .iter()
-        .any(|d| d == "op irq.disable -> indirect"));
+    assert!(b.report.diagnostics.iter().any(|d| d.starts_with("patched: off")));
+    assert!(b.report.diagnostics.iter().any(|d| d == "op irq.disable -> indirect"));
 }
 
 /// A test filter on the command line shrinks the plan: the kernel really reads it.
@@ -242,9 +171,5 @@ fn cmdline_filter_selects_tests() {
     };
     let b = boot(p, "pvkernel.tests=trap.");
     assert_eq!(b.report.plan, Some(4), "{}", transcript(&b));
-    assert!(b
-        .report
-        .tests
-        .iter()
-        .all(|t| t.name.starts_with("trap.") && t.ok));
+    assert!(b.report.tests.iter().all(|t| t.name.starts_with("trap.") && t.ok));
 }

@@ -5,9 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-const FORBIDDEN: &[&str] = &[
-    "cli", "sti", "hlt", "wrmsr", "rdmsr", "invlpg", "lgdt", "lidt",
-];
+const FORBIDDEN: &[&str] = &["cli", "sti", "hlt", "wrmsr", "rdmsr", "invlpg", "lgdt", "lidt"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("readable source dir") {
@@ -44,8 +42,7 @@ fn string_literals(src: &str) -> Vec<String> {
                 }
             }
             b'r' if b.get(i + 1) == Some(&b'#')
-                || (b.get(i + 1) == Some(&b'"')
-                    && (i == 0 || !b[i - 1].is_ascii_alphanumeric())) =>
+                || (b.get(i + 1) == Some(&b'"') && (i == 0 || !b[i - 1].is_ascii_alphanumeric())) =>
             {
                 let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
                 let open = i + 1 + hashes;
@@ -53,13 +50,9 @@ fn string_literals(src: &str) -> Vec<String> {
                     i += 1;
                     continue;
                 }
-                let close: String = std::iter::once('"')
-                    .chain(std::iter::repeat_n('#', hashes))
-                    .collect();
+                let close: String = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
                 let body_start = open + 1;
-                let end = src[body_start..]
-                    .find(&close)
-                    .map_or(b.len(), |n| body_start + n);
+                let end = src[body_start..].find(&close).map_or(b.len(), |n| body_start + n);
                 out.push(src[body_start..end].to_string());
                 i = end + close.len();
             }
@@ -89,9 +82,7 @@ fn strip_block_comments(s: String) -> String {
     let mut rest = s.as_str();
     while let Some(start) = rest.find("/*") {
         out.push_str(&rest[..start]);
-        rest = rest[start..]
-            .find("*/")
-            .map_or("", |e| &rest[start + e + 2..]);
+        rest = rest[start..].find("*/").map_or("", |e| &rest[start + e + 2..]);
     }
     out.push_str(rest);
     out
@@ -106,16 +97,14 @@ fn violations(src: &str) -> Vec<String> {
                 .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
                 .filter(|w| !w.is_empty())
                 .collect();
-            let Some(first) = words
-                .iter()
-                .position(|w| !w.ends_with(':') && !w.chars().all(|c| c.is_ascii_digit()))
+            let Some(first) =
+                words.iter().position(|w| !w.ends_with(':') && !w.chars().all(|c| c.is_ascii_digit()))
             else {
                 continue;
             };
             let mnemonic = words[first].to_ascii_lowercase();
             if FORBIDDEN.contains(&mnemonic.as_str())
-                || (mnemonic == "mov"
-                    && words[first..].iter().any(|w| w.eq_ignore_ascii_case("cr3")))
+                || (mnemonic == "mov" && words[first..].iter().any(|w| w.eq_ignore_ascii_case("cr3")))
             {
                 found.push(format!("{mnemonic} in `{}`", stmt.trim()));
             }
@@ -132,11 +121,7 @@ fn scan(root: &Path, allowed: &str) -> (Vec<String>, Vec<String>) {
     for f in files {
         let src = std::fs::read_to_string(&f).expect("readable source");
         let v = violations(&src);
-        let rel = f
-            .strip_prefix(root)
-            .unwrap_or(&f)
-            .to_string_lossy()
-            .to_string();
+        let rel = f.strip_prefix(root).unwrap_or(&f).to_string_lossy().to_string();
         for hit in v {
             if rel.starts_with(allowed) {
                 allowed_hits.push(format!("{rel}: {hit}"));
@@ -152,37 +137,18 @@ fn scan(root: &Path, allowed: &str) -> (Vec<String>, Vec<String>) {
 fn pvkernel_uses_only_the_api_outside_boot() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/pvkernel/src");
     let (bad, boot_hits) = scan(&root, "boot/");
-    assert!(
-        bad.is_empty(),
-        "raw privileged instructions outside boot/:\n{}",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "raw privileged instructions outside boot/:\n{}", bad.join("\n"));
     // The scanner must see the boot code's own wrmsr and mov to cr3, or it is blind.
-    assert!(
-        boot_hits.iter().any(|h| h.contains("wrmsr")),
-        "scanner missed boot's wrmsr: {boot_hits:?}"
-    );
-    assert!(
-        boot_hits.iter().any(|h| h.contains("cr3")),
-        "scanner missed boot's cr3: {boot_hits:?}"
-    );
+    assert!(boot_hits.iter().any(|h| h.contains("wrmsr")), "scanner missed boot's wrmsr: {boot_hits:?}");
+    assert!(boot_hits.iter().any(|h| h.contains("cr3")), "scanner missed boot's cr3: {boot_hits:?}");
 }
 
 #[test]
 fn paravirt_keeps_instructions_in_its_backends() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/paravirt/src");
     let (bad, backend_hits) = scan(&root, "backends/");
-    assert!(
-        bad.is_empty(),
-        "raw privileged instructions outside backends/:\n{}",
-        bad.join("\n")
-    );
-    assert!(
-        backend_hits
-            .iter()
-            .any(|h| h.starts_with("backends/native/ops.rs: cli")),
-        "{backend_hits:?}"
-    );
+    assert!(bad.is_empty(), "raw privileged instructions outside backends/:\n{}", bad.join("\n"));
+    assert!(backend_hits.iter().any(|h| h.starts_with("backends/native/ops.rs: cli")), "{backend_hits:?}");
 }
 
 #[test]
@@ -207,8 +173,7 @@ fn the_scanner_sees_each_form() {
 #[test]
 fn pvkernel_uses_every_op() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ops_src =
-        std::fs::read_to_string(root.join("crates/paravirt/src/ops/mod.rs")).expect("ops/mod.rs");
+    let ops_src = std::fs::read_to_string(root.join("crates/paravirt/src/ops/mod.rs")).expect("ops/mod.rs");
     let names: Vec<&str> = ops_src
         .lines()
         .filter_map(|l| l.split_once("= \"")?.1.split_once('"').map(|(n, _)| n))
@@ -217,19 +182,13 @@ fn pvkernel_uses_every_op() {
     assert!(names.len() >= 45, "parsed only {} op names", names.len());
     let mut files = Vec::new();
     rust_files(&root.join("crates/pvkernel/src"), &mut files);
-    let kernel: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).expect("source"))
-        .collect();
+    let kernel: String = files.iter().map(|f| std::fs::read_to_string(f).expect("source")).collect();
     let used = |path: &str| {
         kernel.match_indices(path).any(|(i, _)| {
             let next = kernel[i + path.len()..].chars().next().unwrap_or(' ');
             !(next.is_ascii_alphanumeric() || next == '_')
         })
     };
-    let unused: Vec<&&str> = names
-        .iter()
-        .filter(|n| !used(&n.replace('.', "::")))
-        .collect();
+    let unused: Vec<&&str> = names.iter().filter(|n| !used(&n.replace('.', "::"))).collect();
     assert!(unused.is_empty(), "ops pvkernel never calls: {unused:?}");
 }

@@ -55,16 +55,7 @@ mod tests {
 
     #[test]
     fn finds_exact_rip_only() {
-        let t = [
-            Entry {
-                insn: 0x1000,
-                fixup: 0x2000,
-            },
-            Entry {
-                insn: 0x1010,
-                fixup: 0x2010,
-            },
-        ];
+        let t = [Entry { insn: 0x1000, fixup: 0x2000 }, Entry { insn: 0x1010, fixup: 0x2010 }];
         assert_eq!(search_in(&t, 0x1010), Some(0x2010));
         assert_eq!(search_in(&t, 0x1001), None);
         assert_eq!(search_in(&[], 0x1000), None);

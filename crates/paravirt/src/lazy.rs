@@ -35,10 +35,7 @@ impl<const N: usize> LazyQueue<N> {
         LazyQueue {
             active: false,
             len: 0,
-            buf: [Update {
-                entry: core::ptr::null_mut(),
-                value: 0,
-            }; N],
+            buf: [Update { entry: core::ptr::null_mut(), value: 0 }; N],
             flushes: 0,
         }
     }
@@ -100,13 +97,7 @@ mod tests {
     fn outside_lazy_mode_writes_apply_at_once() {
         let mut q = LazyQueue::<4>::new();
         let mut batches: Vec<Vec<Update>> = Vec::new();
-        q.write(
-            Update {
-                entry: ptr(0),
-                value: 1,
-            },
-            &mut |b| batches.push(b.to_vec()),
-        );
+        q.write(Update { entry: ptr(0), value: 1 }, &mut |b| batches.push(b.to_vec()));
         assert_eq!(batches.len(), 1);
         assert!(q.pending().is_empty());
     }
@@ -117,13 +108,7 @@ mod tests {
         let mut batches: Vec<Vec<Update>> = Vec::new();
         q.enter();
         for i in 0..10 {
-            q.write(
-                Update {
-                    entry: ptr(i),
-                    value: i as u64,
-                },
-                &mut |b| batches.push(b.to_vec()),
-            );
+            q.write(Update { entry: ptr(i), value: i as u64 }, &mut |b| batches.push(b.to_vec()));
         }
         // Two full batches flushed on the way, two writes still pending.
         assert_eq!(batches.len(), 2);
@@ -143,13 +128,7 @@ mod tests {
         q.enter();
         q.flush(&mut |_| n += 1);
         assert_eq!(n, 0);
-        q.write(
-            Update {
-                entry: ptr(1),
-                value: 7,
-            },
-            &mut |_| n += 1,
-        );
+        q.write(Update { entry: ptr(1), value: 7 }, &mut |_| n += 1);
         q.flush(&mut |_| n += 1);
         assert_eq!(n, 1);
         assert!(q.is_active());

@@ -134,11 +134,7 @@ static SELECTED: AtomicUsize = AtomicUsize::new(0);
 /// Only one CPU may run and no op may be executing concurrently; kernel text must
 /// be mapped at its link address.
 pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
-    assert_eq!(
-        INIT_DONE.swap(1, Ordering::SeqCst),
-        0,
-        "paravirt::init runs once"
-    );
+    assert_eq!(INIT_DONE.swap(1, Ordering::SeqCst), 0, "paravirt::init runs once");
     CURRENT_CPU.store(params.current_cpu as usize, Ordering::Relaxed);
     VIRT_TO_PHYS.store(params.virt_to_phys as usize, Ordering::Relaxed);
     let src = CpuCpuid;
@@ -146,16 +142,9 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
     let requested = select::cmdline_value(params.cmdline, "pv");
     let decision = select::decide(backends::BACKENDS, &probe, &src, requested);
     let mut ops = PvOps::NATIVE;
-    let env = InitEnv {
-        cpuid: &src,
-        probe: &probe,
-        virt_to_phys: params.virt_to_phys,
-    };
+    let env = InitEnv { cpuid: &src, probe: &probe, virt_to_phys: params.virt_to_phys };
     let (provided, abi) = (decision.backend.install)(&env, &mut ops);
-    SELECTED.store(
-        decision.backend as *const select::Backend as usize,
-        Ordering::Release,
-    );
+    SELECTED.store(decision.backend as *const select::Backend as usize, Ordering::Release);
     // SAFETY: one CPU, no op running (caller's contract).
     unsafe { table::PV_OPS.install(ops) };
     let patch_off = select::cmdline_value(params.cmdline, "pv.patch") == Some("off");
@@ -163,12 +152,7 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
         // SAFETY: as above; sites are not executing while we rewrite them.
         unsafe { patch::apply(|op| decide_patch(op, &provided, &ops)) }
     });
-    Selection {
-        decision,
-        provided,
-        abi,
-        patched,
-    }
+    Selection { decision, provided, abi, patched }
 }
 
 /// Sets up the selected backend's per-CPU state (kvmclock, steal time, ...) on a
@@ -203,17 +187,9 @@ mod tests {
             set.insert(op);
         }
         Selection {
-            decision: Decision {
-                backend: &BACKENDS[1],
-                priority: 30,
-                by_override: false,
-                problem: None,
-            },
+            decision: Decision { backend: &BACKENDS[1], priority: 30, by_override: false, problem: None },
             provided: set,
-            abi: AbiLine {
-                name: "kvm-pv",
-                features: Some(0x8),
-            },
+            abi: AbiLine { name: "kvm-pv", features: Some(0x8) },
             patched: patched.then(PatchStats::default),
         }
     }
@@ -222,17 +198,9 @@ mod tests {
     fn fallback_report_names_each_implementation() {
         let s = selection(true, &[Op::TimeClockNs, Op::CpuIoDelay]);
         assert_eq!(s.implementation(Op::TimeClockNs), "kvm");
-        assert_eq!(
-            s.implementation(Op::CpuIoDelay),
-            "kvm",
-            "a provided op beats its native form"
-        );
+        assert_eq!(s.implementation(Op::CpuIoDelay), "kvm", "a provided op beats its native form");
         assert_eq!(s.implementation(Op::IrqDisable), "native-inline");
-        assert_eq!(
-            s.implementation(Op::CpuCpuid),
-            "native",
-            "no short form: a call to native"
-        );
+        assert_eq!(s.implementation(Op::CpuCpuid), "native", "no short form: a call to native");
         let unpatched = selection(false, &[Op::TimeClockNs]);
         assert_eq!(unpatched.implementation(Op::TimeClockNs), "indirect");
         assert_eq!(unpatched.implementation(Op::IrqDisable), "indirect");
@@ -251,19 +219,13 @@ mod tests {
             decide_patch(Op::TimeClockNs, &provided, &ops),
             Patch::Call(fake_clock as *const () as u64)
         );
-        assert_eq!(
-            decide_patch(Op::IrqDisable, &provided, &ops),
-            Patch::Inline(&[0xfa])
-        );
+        assert_eq!(decide_patch(Op::IrqDisable, &provided, &ops), Patch::Inline(&[0xfa]));
         assert_eq!(
             decide_patch(Op::ConsoleWrite, &provided, &ops),
             Patch::Call(ops.console.write as usize as u64)
         );
         // A backend that overrides an op with a native form gets a call, not the bytes.
         provided.insert(Op::CpuIoDelay);
-        assert!(matches!(
-            decide_patch(Op::CpuIoDelay, &provided, &ops),
-            Patch::Call(_)
-        ));
+        assert!(matches!(decide_patch(Op::CpuIoDelay, &provided, &ops), Patch::Call(_)));
     }
 }

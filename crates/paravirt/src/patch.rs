@@ -115,11 +115,7 @@ pub enum EncodeError {
 }
 
 /// The bytes to write at a site of `len` bytes at address `site`.
-pub fn encode(
-    site: u64,
-    len: usize,
-    patch: Patch,
-) -> Result<([u8; MAX_SITE_LEN], usize), EncodeError> {
+pub fn encode(site: u64, len: usize, patch: Patch) -> Result<([u8; MAX_SITE_LEN], usize), EncodeError> {
     if len > MAX_SITE_LEN {
         return Err(EncodeError::TooLong);
     }
@@ -249,11 +245,7 @@ mod tests {
         assert_eq!(&b[..n], &[0x3e, 0x3e, 0x3e, 0x0f, 0x01, 0x3f]);
         let msr = Op::CpuReadMsr.info().native_inline.unwrap();
         let (b, n) = encode(0x1000, site_len(Op::CpuReadMsr), Patch::Inline(msr)).unwrap();
-        assert_eq!(
-            &b[..n],
-            msr,
-            "an 11-byte native form fills its site exactly"
-        );
+        assert_eq!(&b[..n], msr, "an 11-byte native form fills its site exactly");
     }
 
     #[test]
@@ -269,37 +261,20 @@ mod tests {
 
     #[test]
     fn encode_rejects_what_does_not_fit() {
-        assert_eq!(
-            encode(0, 2, Patch::Inline(&[1, 2, 3])),
-            Err(EncodeError::TooShort)
-        );
+        assert_eq!(encode(0, 2, Patch::Inline(&[1, 2, 3])), Err(EncodeError::TooShort));
         assert_eq!(encode(0, 4, Patch::Call(0)), Err(EncodeError::TooShort));
         assert_eq!(encode(0, 16, Patch::Call(0)), Err(EncodeError::TooLong));
-        assert_eq!(
-            encode(0, 7, Patch::Inline(&[0xfa])),
-            Err(EncodeError::TooMuchPadding)
-        );
-        assert_eq!(
-            encode(0, 6, Patch::Call(1 << 40)),
-            Err(EncodeError::OutOfRange)
-        );
+        assert_eq!(encode(0, 7, Patch::Inline(&[0xfa])), Err(EncodeError::TooMuchPadding));
+        assert_eq!(encode(0, 6, Patch::Call(1 << 40)), Err(EncodeError::OutOfRange));
     }
 
     #[test]
     fn every_native_form_fits_its_site() {
         for info in crate::ops::OP_INFO {
             let len = site_len(info.op);
-            assert!(
-                (INDIRECT_CALL_LEN..=MAX_SITE_LEN).contains(&len),
-                "{}",
-                info.name
-            );
+            assert!((INDIRECT_CALL_LEN..=MAX_SITE_LEN).contains(&len), "{}", info.name);
             if let Some(native) = info.native_inline {
-                assert!(
-                    encode(0x1000, len, Patch::Inline(native)).is_ok(),
-                    "{}",
-                    info.name
-                );
+                assert!(encode(0x1000, len, Patch::Inline(native)).is_ok(), "{}", info.name);
             }
         }
     }
@@ -320,14 +295,7 @@ mod tests {
         let mut offsets: std::vec::Vec<_> = crate::ops::OP_INFO.iter().map(|i| i.offset).collect();
         offsets.sort();
         offsets.dedup();
-        assert_eq!(
-            offsets.len(),
-            crate::ops::OP_COUNT,
-            "two ops share a table slot"
-        );
-        assert_eq!(
-            crate::ops::OP_COUNT * 8,
-            core::mem::size_of::<crate::table::PvOps>()
-        );
+        assert_eq!(offsets.len(), crate::ops::OP_COUNT, "two ops share a table slot");
+        assert_eq!(crate::ops::OP_COUNT * 8, core::mem::size_of::<crate::table::PvOps>());
     }
 }

@@ -52,10 +52,7 @@ impl Probe {
     /// Scans 0x40000000..=0x40010000 in steps of 0x100, keeping every base whose
     /// max-leaf field is plausible (within its own range).
     pub fn scan(src: &dyn CpuidSource) -> Probe {
-        let mut p = Probe {
-            hypervisor_bit: src.cpuid(1, 0).ecx & (1 << 31) != 0,
-            ..Default::default()
-        };
+        let mut p = Probe { hypervisor_bit: src.cpuid(1, 0).ecx & (1 << 31) != 0, ..Default::default() };
         if !p.hypervisor_bit {
             return p;
         }
@@ -68,11 +65,7 @@ impl Probe {
                 signature[..4].copy_from_slice(&r.ebx.to_le_bytes());
                 signature[4..8].copy_from_slice(&r.ecx.to_le_bytes());
                 signature[8..].copy_from_slice(&r.edx.to_le_bytes());
-                p.leaves[n] = Some(HvLeaf {
-                    base,
-                    max_leaf: r.eax,
-                    signature,
-                });
+                p.leaves[n] = Some(HvLeaf { base, max_leaf: r.eax, signature });
                 n += 1;
             }
             base += HV_LEAF_STEP;
@@ -186,14 +179,7 @@ pub fn decide<'a>(
         match backends.iter().find(|b| b.name == name) {
             None => problem = Some(OverrideProblem::Unknown(name)),
             Some(b) => match (b.detect)(probe, src) {
-                Some(priority) => {
-                    return Decision {
-                        backend: b,
-                        priority,
-                        by_override: true,
-                        problem: None,
-                    }
-                }
+                Some(priority) => return Decision { backend: b, priority, by_override: true, problem: None },
                 None => problem = Some(OverrideProblem::Unavailable(name)),
             },
         }
@@ -206,12 +192,7 @@ pub fn decide<'a>(
             }
         }
     }
-    Decision {
-        backend: best.0,
-        priority: best.1,
-        by_override: false,
-        problem,
-    }
+    Decision { backend: best.0, priority: best.1, by_override: false, problem }
 }
 
 /// Value of `key=value` on a command line.
@@ -247,13 +228,7 @@ pub(crate) mod tests {
     impl FakeCpuid {
         pub fn bare() -> Self {
             let mut t = FakeCpuid::default();
-            t.0.insert(
-                0,
-                CpuidResult {
-                    eax: 0xd,
-                    ..Default::default()
-                },
-            );
+            t.0.insert(0, CpuidResult { eax: 0xd, ..Default::default() });
             t.0.insert(1, CpuidResult::default());
             t
         }
@@ -261,26 +236,12 @@ pub(crate) mod tests {
         pub fn with_hv(mut self, base: u32, s: &[u8; 12], max: u32) -> Self {
             self.0.get_mut(&1).unwrap().ecx |= 1 << 31;
             let (ebx, ecx, edx) = sig(s);
-            self.0.insert(
-                base,
-                CpuidResult {
-                    eax: max,
-                    ebx,
-                    ecx,
-                    edx,
-                },
-            );
+            self.0.insert(base, CpuidResult { eax: max, ebx, ecx, edx });
             self
         }
 
         pub fn leaf(mut self, leaf: u32, eax: u32) -> Self {
-            self.0.insert(
-                leaf,
-                CpuidResult {
-                    eax,
-                    ..Default::default()
-                },
-            );
+            self.0.insert(leaf, CpuidResult { eax, ..Default::default() });
             self
         }
     }
@@ -315,9 +276,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kvm_is_found_at_the_base_leaf() {
-        let t = FakeCpuid::bare()
-            .with_hv(0x4000_0000, KVM, 0x4000_0001)
-            .leaf(0x4000_0001, 0x01007efb);
+        let t = FakeCpuid::bare().with_hv(0x4000_0000, KVM, 0x4000_0001).leaf(0x4000_0001, 0x01007efb);
         assert_eq!(pick(&t, None).0, "kvm");
     }
 
@@ -362,19 +321,13 @@ pub(crate) mod tests {
     #[test]
     fn unknown_override_falls_back_with_a_reason() {
         let t = FakeCpuid::bare().with_hv(0x4000_0000, KVM, 0x4000_0001);
-        assert_eq!(
-            pick(&t, Some("vmi")),
-            ("kvm", Some(OverrideProblem::Unknown("vmi")))
-        );
+        assert_eq!(pick(&t, Some("vmi")), ("kvm", Some(OverrideProblem::Unknown("vmi"))));
     }
 
     #[test]
     fn unavailable_override_falls_back_with_a_reason() {
         let t = FakeCpuid::bare();
-        assert_eq!(
-            pick(&t, Some("kvm")),
-            ("native", Some(OverrideProblem::Unavailable("kvm")))
-        );
+        assert_eq!(pick(&t, Some("kvm")), ("native", Some(OverrideProblem::Unavailable("kvm"))));
     }
 
     #[test]

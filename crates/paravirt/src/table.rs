@@ -50,9 +50,7 @@ impl PvOps {
     pub fn target(&self, op: Op) -> u64 {
         // SAFETY: PvOps is repr(C) and made only of function pointers; `offset` is
         // the offset of one of them (checked by the patch tests).
-        unsafe {
-            core::ptr::read((self as *const PvOps as *const u8).add(op.info().offset) as *const u64)
-        }
+        unsafe { core::ptr::read((self as *const PvOps as *const u8).add(op.info().offset) as *const u64) }
     }
 }
 

@@ -23,21 +23,14 @@ pub struct SpinGuard<'a, T> {
 impl<T> SpinLock<T> {
     /// A new unlocked lock.
     pub const fn new(value: T) -> Self {
-        SpinLock {
-            locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
-        }
+        SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
     /// Acquires the lock.
     pub fn lock(&self) -> SpinGuard<'_, T> {
         let flags = paravirt::irq::save_flags();
         paravirt::irq::disable();
-        while self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             core::hint::spin_loop();
         }
         SpinGuard { lock: self, flags }

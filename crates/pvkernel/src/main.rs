@@ -57,9 +57,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         p.name,
         selection.decision.backend.name,
         abi.name,
-        abi.features
-            .map(|f| alloc::format!(" features={:#010x}", f))
-            .unwrap_or_default(),
+        abi.features.map(|f| alloc::format!(" features={:#010x}", f)).unwrap_or_default(),
         boot.protocol,
         boot.version,
         p.signature_str(),
@@ -76,12 +74,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         None => {}
     }
     match selection.patched {
-        Some(s) => diag!(
-            "patched: {} inline, {} call, {} skipped",
-            s.inline,
-            s.call,
-            s.skipped
-        ),
+        Some(s) => diag!("patched: {} inline, {} call, {} skipped", s.inline, s.call, s.skipped),
         None => diag!("patched: off (pv.patch=off): every site is an indirect call"),
     }
     for op in paravirt::ops::Op::all() {
@@ -97,29 +90,17 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     let expected = expected_cpus(boot.cmdline());
     if expected > 1 {
         let online = boot::smp::start_aps(expected, 1_000_000_000);
-        diag!(
-            "cpus: {} online (mask {:#x}), {} expected",
-            online.count_ones(),
-            online,
-            expected
-        );
+        diag!("cpus: {} online (mask {:#x}), {} expected", online.count_ones(), online, expected);
     } else {
         diag!("cpus: 1 online (mask {:#x})", boot::smp::online_mask());
     }
 
     let filter = cmdline_value(boot.cmdline(), "pvkernel.tests").unwrap_or("");
-    let mut ctx = suite::Ctx {
-        boot: &boot,
-        selection: &selection,
-    };
+    let mut ctx = suite::Ctx { boot: &boot, selection: &selection };
     let failed = suite::run(&mut ctx, filter);
     let (used, total) = mm::frame::stats();
     diag!("frames: {} of {} in use; {} failed", used, total, failed);
-    paravirt::power::shutdown(if failed == 0 {
-        tap::EXIT_OK
-    } else {
-        tap::EXIT_FAILED
-    })
+    paravirt::power::shutdown(if failed == 0 { tap::EXIT_OK } else { tap::EXIT_FAILED })
 }
 
 /// How many CPUs to wait for: `pvkernel.cpus=N`, else what CPUID leaf 1 says
@@ -156,12 +137,7 @@ fn crash(kind: &str) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     match info.location() {
-        Some(l) => tap::bail_out(format_args!(
-            "panic at {}:{}: {}",
-            l.file(),
-            l.line(),
-            info.message()
-        )),
+        Some(l) => tap::bail_out(format_args!("panic at {}:{}: {}", l.file(), l.line(), info.message())),
         None => tap::bail_out(format_args!("panic: {}", info.message())),
     }
 }

@@ -50,8 +50,7 @@ const EMPTY: PerCpu = PerCpu {
     },
 };
 
-static CPUS: crate::sync::BootCell<[PerCpu; MAX_CPUS]> =
-    crate::sync::BootCell::new([EMPTY; MAX_CPUS]);
+static CPUS: crate::sync::BootCell<[PerCpu; MAX_CPUS]> = crate::sync::BootCell::new([EMPTY; MAX_CPUS]);
 
 /// Sets this CPU's GS base to its slot. Once per CPU, first thing after entry.
 pub fn init_this_cpu(apic_id: u32) {
@@ -70,9 +69,7 @@ pub fn current_id() -> u32 {
     let id: u64;
     // SAFETY: GS points at this CPU's PerCpu (init_this_cpu ran first); apic_id is
     // the second word.
-    unsafe {
-        core::arch::asm!("mov {}, gs:[8]", out(reg) id, options(nostack, readonly, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, gs:[8]", out(reg) id, options(nostack, readonly, preserves_flags)) };
     id as u32
 }
 

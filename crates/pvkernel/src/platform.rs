@@ -13,11 +13,7 @@ pub struct Platform {
 impl Platform {
     /// The signature as text (non-printable bytes dropped).
     pub fn signature_str(&self) -> &str {
-        let end = self
-            .signature
-            .iter()
-            .position(|&b| !b.is_ascii_graphic())
-            .unwrap_or(12);
+        let end = self.signature.iter().position(|&b| !b.is_ascii_graphic()).unwrap_or(12);
         core::str::from_utf8(&self.signature[..end]).unwrap_or("")
     }
 }
@@ -26,10 +22,7 @@ impl Platform {
 pub fn detect() -> Platform {
     let hypervisor_bit = cpu::cpuid(1, 0).ecx & (1 << 31) != 0;
     if !hypervisor_bit {
-        return Platform {
-            name: "bare",
-            signature: [0; 12],
-        };
+        return Platform { name: "bare", signature: [0; 12] };
     }
     let l = cpu::cpuid(0x4000_0000, 0);
     let mut signature = [0u8; 12];

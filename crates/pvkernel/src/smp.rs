@@ -44,8 +44,7 @@ fn handle_call(_: &mut TrapFrame) {
         let r = f(mb.arg.load(Ordering::Relaxed));
         mb.result.store(r, Ordering::Relaxed);
         me.calls_handled.fetch_add(1, Ordering::Relaxed);
-        mb.done
-            .store(mb.requested.load(Ordering::Relaxed), Ordering::Release);
+        mb.done.store(mb.requested.load(Ordering::Relaxed), Ordering::Release);
     }
     paravirt::apic::eoi();
 }
@@ -92,10 +91,7 @@ static FLUSH_START: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU6
 static FLUSH_END: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 fn flush_here(_: u64) -> u64 {
-    let (start, end) = (
-        FLUSH_START.load(Ordering::Acquire),
-        FLUSH_END.load(Ordering::Acquire),
-    );
+    let (start, end) = (FLUSH_START.load(Ordering::Acquire), FLUSH_END.load(Ordering::Acquire));
     let me = 1u64 << percpu::current_id();
     // This CPU's own bit only: the flush stays local.
     paravirt::mmu::flush_tlb_multi(me, start, end);

@@ -70,10 +70,7 @@ pub fn result(n: usize, name: &str, outcome: &Outcome) {
         Outcome::Skip(why) => line(format_args!("ok {} - {} # SKIP {}", n, name, why)),
         Outcome::Fail(msg) => {
             line(format_args!("not ok {} - {}", n, name));
-            line(format_args!(
-                "  ---\n  message: \"{}\"\n  ...",
-                Escaped(msg)
-            ));
+            line(format_args!("  ---\n  message: \"{}\"\n  ...", Escaped(msg)));
         }
     }
 }

@@ -95,12 +95,7 @@ pub struct Cli {
     pub stats: bool,
 
     /// Number of vCPUs (1..=8); vCPU 0 boots, the others wait for INIT-SIPI-SIPI
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1,
-        allow_negative_numbers = true
-    )]
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
     pub cpus: u32,
 
     /// What the guest sees of the hypervisor: kvm (KVM's CPUID leaves
@@ -132,22 +127,13 @@ pub fn parse_cpuid_mask(s: &str) -> Result<u32, String> {
 
 /// Parses a timeout in seconds: a positive decimal number.
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let secs: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("the timeout must be greater than 0 (got {s})"));
     }
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero() && *d <= TIMEOUT_MAX)
-        .ok_or_else(|| {
-            format!(
-                "the timeout must be greater than 0 and at most {} s (got {s})",
-                TIMEOUT_MAX.as_secs()
-            )
-        })
+    Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero() && *d <= TIMEOUT_MAX).ok_or_else(|| {
+        format!("the timeout must be greater than 0 and at most {} s (got {s})", TIMEOUT_MAX.as_secs())
+    })
 }
 
 impl Cli {
@@ -173,11 +159,7 @@ impl Cli {
 /// usage block and hint).
 pub fn clap_error_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
-    let text: Vec<&str> = rendered
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
+    let text: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let text = text.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
     format!("{text} (see 'pvrun --help')")
@@ -215,10 +197,7 @@ mod tests {
             let config = parse(&["--mem", mem, "k"]).unwrap().into_config();
             assert_eq!(config.validate().is_ok(), ok, "--mem {mem}");
             if !ok {
-                assert!(matches!(
-                    config.validate(),
-                    Err(ConfigError::MemOutOfRange { .. })
-                ));
+                assert!(matches!(config.validate(), Err(ConfigError::MemOutOfRange { .. })));
             }
         }
         for bad in ["-1", "abc", "99999999999999999999999"] {
@@ -237,19 +216,9 @@ mod tests {
 
     #[test]
     fn all_options() {
-        let c = parse(&[
-            "--mem",
-            "64",
-            "--cmdline",
-            "a b",
-            "--kvm",
-            "/x",
-            "--timeout",
-            "2",
-            "k",
-        ])
-        .unwrap()
-        .into_config();
+        let c = parse(&["--mem", "64", "--cmdline", "a b", "--kvm", "/x", "--timeout", "2", "k"])
+            .unwrap()
+            .into_config();
         assert_eq!(c.mem_mib, 64);
         assert_eq!(c.cmdline, "a b");
         assert_eq!(c.kvm_path, PathBuf::from("/x"));
@@ -259,10 +228,7 @@ mod tests {
     #[test]
     fn smp_and_cpuid_options() {
         let c = parse(&["k"]).unwrap().into_config();
-        assert_eq!(
-            (c.cpus, c.personality, c.cpuid_mask, c.hypercall_probe),
-            (1, Personality::Kvm, 0, true)
-        );
+        assert_eq!((c.cpus, c.personality, c.cpuid_mask, c.hypercall_probe), (1, Personality::Kvm, 0, true));
         let c = parse(&[
             "--cpus",
             "4",
@@ -281,13 +247,7 @@ mod tests {
         assert_eq!(c.personality, Personality::None);
         assert_eq!(c.cpuid_mask, (1 << 6) | (1 << 5) | (1 << 3));
         assert!(!c.hypercall_probe);
-        for (cpus, ok) in [
-            ("0", false),
-            ("1", true),
-            ("8", true),
-            ("9", false),
-            ("-1", false),
-        ] {
+        for (cpus, ok) in [("0", false), ("1", true), ("8", true), ("9", false), ("-1", false)] {
             let parsed = parse(&["--cpus", cpus, "k"]);
             let valid = parsed.is_ok_and(|c| c.into_config().validate().is_ok());
             assert_eq!(valid, ok, "--cpus {cpus}");
@@ -300,10 +260,7 @@ mod tests {
         let err = parse(&["--cpuid-mask", "pv_eoi,bogus", "k"]).unwrap_err();
         let line = clap_error_line(&err);
         assert!(line.contains("unknown KVM feature 'bogus'"), "{line}");
-        assert!(
-            line.contains("valid names: clocksource, nop_io_delay"),
-            "{line}"
-        );
+        assert!(line.contains("valid names: clocksource, nop_io_delay"), "{line}");
         assert!(!line.contains('\n'), "{line}");
     }
 
@@ -325,9 +282,6 @@ mod tests {
         assert!(line.contains("<KERNEL>"), "{line}");
         let err = parse(&["--mem", "abc", "k"]).unwrap_err();
         let line = clap_error_line(&err);
-        assert!(
-            line.starts_with("invalid value 'abc' for '--mem <MiB>'"),
-            "{line}"
-        );
+        assert!(line.starts_with("invalid value 'abc' for '--mem <MiB>'"), "{line}");
     }
 }

@@ -72,9 +72,7 @@ impl VmConfig {
         }
         pvh::check_cmdline(&self.cmdline)?;
         if self.timeout.is_zero() || self.timeout > TIMEOUT_MAX {
-            return Err(ConfigError::InvalidTimeout {
-                timeout: self.timeout,
-            });
+            return Err(ConfigError::InvalidTimeout { timeout: self.timeout });
         }
         Ok(())
     }
@@ -138,16 +136,10 @@ mod tests {
             (100_000_000, false),
             (u64::MAX, false),
         ] {
-            let c = VmConfig {
-                mem_mib: mib,
-                ..VmConfig::new("k")
-            };
+            let c = VmConfig { mem_mib: mib, ..VmConfig::new("k") };
             assert_eq!(c.validate().is_ok(), ok, "{mib} MiB");
         }
-        let c = VmConfig {
-            mem_mib: 8,
-            ..VmConfig::new("k")
-        };
+        let c = VmConfig { mem_mib: 8, ..VmConfig::new("k") };
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "memory size 8 MiB is out of range: --mem must be between 16 and 16384 MiB"
@@ -157,16 +149,10 @@ mod tests {
     #[test]
     fn cpus_range_is_enforced() {
         for (cpus, ok) in [(0, false), (1, true), (2, true), (8, true), (9, false)] {
-            let c = VmConfig {
-                cpus,
-                ..VmConfig::new("k")
-            };
+            let c = VmConfig { cpus, ..VmConfig::new("k") };
             assert_eq!(c.validate().is_ok(), ok, "{cpus} CPUs");
         }
-        let c = VmConfig {
-            cpus: 9,
-            ..VmConfig::new("k")
-        };
+        let c = VmConfig { cpus: 9, ..VmConfig::new("k") };
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "vCPU count 9 is out of range: --cpus must be between 1 and 8"
@@ -175,13 +161,7 @@ mod tests {
 
     #[test]
     fn timeout_must_be_positive() {
-        let c = VmConfig {
-            timeout: Duration::ZERO,
-            ..VmConfig::new("k")
-        };
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::InvalidTimeout { .. })
-        ));
+        let c = VmConfig { timeout: Duration::ZERO, ..VmConfig::new("k") };
+        assert!(matches!(c.validate(), Err(ConfigError::InvalidTimeout { .. })));
     }
 }

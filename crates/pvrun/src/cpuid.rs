@@ -45,10 +45,7 @@ pub const KVM_FEATURES: [(u8, &str); 18] = [
 
 /// The name of KVM feature bit `bit`, if it has one.
 pub fn feature_name(bit: u8) -> Option<&'static str> {
-    KVM_FEATURES
-        .iter()
-        .find(|(b, _)| *b == bit)
-        .map(|(_, name)| *name)
+    KVM_FEATURES.iter().find(|(b, _)| *b == bit).map(|(_, name)| *name)
 }
 
 /// `name` as used in messages: the feature name, or `bit N` if unnamed.
@@ -106,18 +103,11 @@ pub fn parse_feature_mask(list: &str) -> Result<u32, MaskError> {
         let bit = match name.parse::<u8>() {
             Ok(n) if n < 32 => Some(n),
             Ok(_) => None,
-            Err(_) => KVM_FEATURES
-                .iter()
-                .find(|(_, n)| *n == name)
-                .map(|(b, _)| *b),
+            Err(_) => KVM_FEATURES.iter().find(|(_, n)| *n == name).map(|(b, _)| *b),
         };
         match bit {
             Some(b) => mask |= 1 << b,
-            None => {
-                return Err(MaskError {
-                    item: item.to_owned(),
-                })
-            }
+            None => return Err(MaskError { item: item.to_owned() }),
         }
     }
     Ok(mask)
@@ -143,11 +133,7 @@ pub struct CpuidSpec {
 /// * leaves 0xB and 0x1F (every subleaf present): EDX = x2APIC ID;
 /// * personality kvm: CPUID 0x40000001 EAX minus `kvm_features_clear`;
 /// * personality none: every leaf in 0x40000000..=0x400000ff dropped.
-pub fn vcpu_cpuid(
-    supported: &[kvm_cpuid_entry2],
-    apic_id: u8,
-    spec: &CpuidSpec,
-) -> Vec<kvm_cpuid_entry2> {
+pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec) -> Vec<kvm_cpuid_entry2> {
     let mut out = Vec::with_capacity(supported.len());
     for entry in supported {
         let mut e = *entry;
@@ -155,9 +141,7 @@ pub fn vcpu_cpuid(
         match (e.function, spec.personality) {
             (_, Personality::None) if hypervisor_leaf => continue,
             (1, personality) => {
-                e.ebx = (e.ebx & 0x0000_ffff)
-                    | (u32::from(spec.cpus) << 16)
-                    | (u32::from(apic_id) << 24);
+                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(spec.cpus) << 16) | (u32::from(apic_id) << 24);
                 if spec.cpus > 1 {
                     e.edx |= CPUID_1_EDX_HTT;
                 } else {
@@ -189,18 +173,12 @@ pub fn signature(entry: &kvm_cpuid_entry2) -> String {
     while bytes.last() == Some(&0) {
         bytes.pop();
     }
-    bytes
-        .iter()
-        .flat_map(|b| b.escape_ascii())
-        .map(char::from)
-        .collect()
+    bytes.iter().flat_map(|b| b.escape_ascii()).map(char::from).collect()
 }
 
 /// The entry for `function` (subleaf 0) in `entries`.
 pub fn find(entries: &[kvm_cpuid_entry2], function: u32) -> Option<&kvm_cpuid_entry2> {
-    entries
-        .iter()
-        .find(|e| e.function == function && e.index == 0)
+    entries.iter().find(|e| e.function == function && e.index == 0)
 }
 
 #[cfg(test)]
@@ -227,11 +205,7 @@ mod tests {
             entry(0xb, 0, [0, 0, 0, 0]),
             entry(0xb, 1, [0, 0, 0, 0]),
             entry(0x1f, 0, [0, 0, 0, 0]),
-            entry(
-                0x4000_0000,
-                0,
-                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
-            ),
+            entry(0x4000_0000, 0, [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d]),
             entry(0x4000_0001, 0, [0x0100_7efb, 0, 0, 0]),
             entry(0x4000_0010, 0, [1, 2, 3, 4]),
             entry(0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
@@ -239,11 +213,7 @@ mod tests {
     }
 
     fn spec(cpus: u8, personality: Personality, clear: u32) -> CpuidSpec {
-        CpuidSpec {
-            cpus,
-            personality,
-            kvm_features_clear: clear,
-        }
+        CpuidSpec { cpus, personality, kvm_features_clear: clear }
     }
 
     fn leaf(entries: &[kvm_cpuid_entry2], function: u32) -> kvm_cpuid_entry2 {
@@ -260,17 +230,8 @@ mod tests {
             assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size and brand kept");
             assert_ne!(l1.edx & CPUID_1_EDX_HTT, 0, "HTT with {cpus} CPUs");
             assert_eq!(l1.edx & !CPUID_1_EDX_HTT, 0x0f8b_fbff, "other bits kept");
-            for e in out
-                .iter()
-                .filter(|e| e.function == 0xb || e.function == 0x1f)
-            {
-                assert_eq!(
-                    e.edx,
-                    u32::from(apic_id),
-                    "leaf {:#x}.{}",
-                    e.function,
-                    e.index
-                );
+            for e in out.iter().filter(|e| e.function == 0xb || e.function == 0x1f) {
+                assert_eq!(e.edx, u32::from(apic_id), "leaf {:#x}.{}", e.function, e.index);
             }
             assert_eq!(out.len(), supported().len());
         }
@@ -302,9 +263,7 @@ mod tests {
         let out = vcpu_cpuid(&supported(), 1, &spec(2, Personality::None, 1 << 5));
         assert_eq!(leaf(&out, 1).ecx & CPUID_1_ECX_HYPERVISOR, 0);
         assert_eq!(leaf(&out, 1).ecx, 0x0120_2000, "other bits kept");
-        assert!(out
-            .iter()
-            .all(|e| !(HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function)));
+        assert!(out.iter().all(|e| !(HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function)));
         assert_eq!(out.len(), supported().len() - 3);
         // The rest is patched as usual.
         assert_eq!(leaf(&out, 1).ebx >> 16, 0x0102);
@@ -324,18 +283,9 @@ mod tests {
     #[test]
     fn mask_parsing() {
         assert_eq!(parse_feature_mask("steal_time"), Ok(1 << 5));
-        assert_eq!(
-            parse_feature_mask("pv_eoi,steal_time,clocksource2"),
-            Ok((1 << 6) | (1 << 5) | (1 << 3))
-        );
-        assert_eq!(
-            parse_feature_mask("7, 13,pv_unhalt"),
-            Ok((1 << 7) | (1 << 13))
-        );
-        assert_eq!(
-            parse_feature_mask("KVM_FEATURE_PV_EOI,31"),
-            Ok((1 << 6) | (1 << 31))
-        );
+        assert_eq!(parse_feature_mask("pv_eoi,steal_time,clocksource2"), Ok((1 << 6) | (1 << 5) | (1 << 3)));
+        assert_eq!(parse_feature_mask("7, 13,pv_unhalt"), Ok((1 << 7) | (1 << 13)));
+        assert_eq!(parse_feature_mask("KVM_FEATURE_PV_EOI,31"), Ok((1 << 6) | (1 << 31)));
         assert_eq!(parse_feature_mask("clocksource_stable_bit"), Ok(1 << 24));
         assert_eq!(parse_feature_mask(""), Ok(0));
         assert_eq!(parse_feature_mask("0,"), Ok(1));
@@ -356,10 +306,7 @@ mod tests {
             );
             assert!(!text.contains('\n'));
         }
-        assert_eq!(
-            parse_feature_mask("pv_eoi,bogus").unwrap_err().item,
-            "bogus"
-        );
+        assert_eq!(parse_feature_mask("pv_eoi,bogus").unwrap_err().item, "bogus");
     }
 
     #[test]

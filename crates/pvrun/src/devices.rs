@@ -8,9 +8,7 @@ use std::io::{self, Write};
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 
-use crate::layout::{
-    BENCH_MAGIC, BENCH_RESET, BENCH_START, BENCH_STOP, COM1_PORT, COM1_PORT_COUNT,
-};
+use crate::layout::{BENCH_MAGIC, BENCH_RESET, BENCH_START, BENCH_STOP, COM1_PORT, COM1_PORT_COUNT};
 
 /// The serial interrupt line is not wired yet: the guest polls the LSR.
 #[derive(Debug, Default)]
@@ -45,11 +43,7 @@ impl SerialOut {
 
     /// Wraps `inner`.
     pub fn new(inner: Box<dyn Write + Send>) -> Self {
-        SerialOut {
-            inner,
-            lines: vec![Vec::with_capacity(256)],
-            current: 0,
-        }
+        SerialOut { inner, lines: vec![Vec::with_capacity(256)], current: 0 }
     }
 
     /// Attributes the bytes written from now on to vCPU `vcpu`.
@@ -98,10 +92,7 @@ impl Write for SerialOut {
 impl std::fmt::Debug for SerialOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SerialOut")
-            .field(
-                "pending",
-                &self.lines.iter().map(Vec::len).collect::<Vec<_>>(),
-            )
+            .field("pending", &self.lines.iter().map(Vec::len).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -162,11 +153,7 @@ impl BenchMarker {
     /// A marker reading its counters from `source` (`None`: no statistics,
     /// RESET then reads 0).
     pub fn new(source: Option<Box<dyn StatsSource>>) -> Self {
-        BenchMarker {
-            source,
-            start: None,
-            pending: VecDeque::with_capacity(4),
-        }
+        BenchMarker { source, start: None, pending: VecDeque::with_capacity(4) }
     }
 
     fn counters(&mut self) -> Option<(u64, u64)> {
@@ -182,11 +169,7 @@ impl BenchMarker {
             BENCH_RESET => {
                 self.start = None;
                 self.pending.clear();
-                let magic = if self.counters().is_some() {
-                    BENCH_MAGIC
-                } else {
-                    0
-                };
+                let magic = if self.counters().is_some() { BENCH_MAGIC } else { 0 };
                 self.pending.push_back(magic);
             }
             BENCH_START => self.start = Some(self.counters()),
@@ -233,9 +216,7 @@ pub struct Devices {
 
 impl std::fmt::Debug for Devices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Devices")
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
+        f.debug_struct("Devices").field("stats", &self.stats).finish_non_exhaustive()
     }
 }
 
@@ -298,9 +279,7 @@ impl Devices {
     fn com1_offset(port: u16, i: usize) -> Option<u8> {
         let p = usize::from(port) + i;
         let base = usize::from(COM1_PORT);
-        (base..base + usize::from(COM1_PORT_COUNT))
-            .contains(&p)
-            .then(|| (p - base) as u8)
+        (base..base + usize::from(COM1_PORT_COUNT)).contains(&p).then(|| (p - base) as u8)
     }
 
     /// An `in` by vCPU `vcpu` from `port`: fills `data` (one byte per
@@ -459,12 +438,7 @@ pub(crate) mod tests {
     fn fake(values: &[(u64, u64)]) -> (Devices, Values) {
         let values = Arc::new(Mutex::new(values.to_vec()));
         let mut d = Devices::new(Box::new(io::sink()));
-        d.set_stats_source(
-            0,
-            Some(Box::new(FakeCounters {
-                values: values.clone(),
-            })),
-        );
+        d.set_stats_source(0, Some(Box::new(FakeCounters { values: values.clone() })));
         (d, values)
     }
 
@@ -497,11 +471,7 @@ pub(crate) mod tests {
         let mut d = Devices::new(Box::new(io::sink()));
         d.set_stats_source(0, None);
         let (mut failing, _) = fake(&[]);
-        for d in [
-            &mut d,
-            &mut failing,
-            &mut Devices::new(Box::new(io::sink())),
-        ] {
+        for d in [&mut d, &mut failing, &mut Devices::new(Box::new(io::sink()))] {
             out(d, BENCH_RESET);
             assert_eq!(read(d), 0);
             assert_eq!(read(d), u32::MAX);
@@ -523,17 +493,10 @@ pub(crate) mod tests {
         out(&mut d, BENCH_RESET);
         assert_eq!(read(&mut d), BENCH_MAGIC);
         out(&mut d, BENCH_START);
-        assert_eq!(
-            read(&mut d),
-            u32::MAX,
-            "nothing pending between START and STOP"
-        );
+        assert_eq!(read(&mut d), u32::MAX, "nothing pending between START and STOP");
         out(&mut d, BENCH_STOP);
         // insn delta 0x1_ffff_ffff, exits delta 0x2_0000_0021.
-        assert_eq!(
-            [read(&mut d), read(&mut d), read(&mut d), read(&mut d)],
-            [0xffff_ffff, 1, 0x21, 2]
-        );
+        assert_eq!([read(&mut d), read(&mut d), read(&mut d), read(&mut d)], [0xffff_ffff, 1, 0x21, 2]);
         assert_eq!(read(&mut d), u32::MAX);
         assert_eq!(read(&mut d), u32::MAX);
 

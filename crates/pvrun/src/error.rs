@@ -127,10 +127,7 @@ fn rip_text(rip: &Option<u64>) -> String {
 }
 
 fn regs_text(regs: &Option<Box<RegisterDump>>) -> String {
-    regs.as_ref().map_or_else(
-        || " (registers unavailable)".to_owned(),
-        |r| format!(": {r}"),
-    )
+    regs.as_ref().map_or_else(|| " (registers unavailable)".to_owned(), |r| format!(": {r}"))
 }
 
 /// How the guest crashed (exit 4).
@@ -185,10 +182,7 @@ pub enum GuestError {
         rip: Option<u64>,
     },
     /// An exit pvrun does not handle (e.g. KVM_EXIT_HLT without an irqchip).
-    #[error(
-        "guest stopped with an unexpected exit: vCPU {vcpu}: {what}, at RIP {}",
-        rip_text(rip)
-    )]
+    #[error("guest stopped with an unexpected exit: vCPU {vcpu}: {what}, at RIP {}", rip_text(rip))]
     UnexpectedExit {
         /// The vCPU that stopped.
         vcpu: u8,
@@ -198,11 +192,7 @@ pub enum GuestError {
         rip: Option<u64>,
     },
     /// KVM_RUN itself failed.
-    #[error(
-        "guest stopped: vCPU {vcpu}: KVM_RUN failed: {}, at RIP {}",
-        io_message(source),
-        rip_text(rip)
-    )]
+    #[error("guest stopped: vCPU {vcpu}: KVM_RUN failed: {}, at RIP {}", io_message(source), rip_text(rip))]
     RunFailed {
         /// The vCPU that stopped.
         vcpu: u8,
@@ -233,10 +223,7 @@ mod tests {
             vcpu: 0,
             stuck: false,
         };
-        assert_eq!(
-            e.to_string(),
-            "guest did not finish within 0.5 s (vCPU 0 stopped at RIP 0x100005)"
-        );
+        assert_eq!(e.to_string(), "guest did not finish within 0.5 s (vCPU 0 stopped at RIP 0x100005)");
         assert_eq!(e.exit_code(), 124);
     }
 
@@ -250,10 +237,7 @@ mod tests {
         });
         let s = e.to_string();
         assert!(s.contains("suberror 1 (emulation failure)"), "{s}");
-        assert!(
-            s.starts_with("guest crashed: vCPU 0: KVM internal error"),
-            "{s}"
-        );
+        assert!(s.starts_with("guest crashed: vCPU 0: KVM internal error"), "{s}");
         assert!(s.contains("data [0x0, 0xd0000000]"), "{s}");
         assert!(!s.contains('\n'));
         assert!(!s.contains("instruction bytes"), "{s}");
@@ -262,27 +246,15 @@ mod tests {
 
     #[test]
     fn crash_messages_name_the_vcpu() {
-        let e = GuestError::TripleFault {
-            vcpu: 1,
-            regs: None,
-        };
+        let e = GuestError::TripleFault { vcpu: 1, regs: None };
         assert_eq!(
             e.to_string(),
             "guest crashed: vCPU 1: triple fault (KVM_EXIT_SHUTDOWN) at RIP unknown \
              (registers unavailable)"
         );
-        let e = GuestError::UnexpectedExit {
-            vcpu: 3,
-            what: "x".into(),
-            rip: Some(0x10),
-        };
+        let e = GuestError::UnexpectedExit { vcpu: 3, what: "x".into(), rip: Some(0x10) };
         assert!(e.to_string().contains("vCPU 3: x, at RIP 0x10"), "{e}");
-        let e = Error::Timeout {
-            timeout: Duration::from_secs(1),
-            rip: None,
-            vcpu: 0,
-            stuck: true,
-        };
+        let e = Error::Timeout { timeout: Duration::from_secs(1), rip: None, vcpu: 0, stuck: true };
         assert!(e.to_string().contains("a vCPU did not come back"), "{e}");
     }
 
@@ -297,9 +269,6 @@ mod tests {
             regs: None,
         };
         let s = e.to_string();
-        assert!(
-            s.contains("instruction bytes [cc 00 00 00 00 00 00 00 00 00 00 00 00 00 00]"),
-            "{s}"
-        );
+        assert!(s.contains("instruction bytes [cc 00 00 00 00 00 00 00 00 00 00 00 00 00 00]"), "{s}");
     }
 }

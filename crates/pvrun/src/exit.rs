@@ -77,18 +77,16 @@ pub fn handle_exit(exit: VcpuExit<'_>, vcpu: u8, devices: &mut Devices) -> ExitA
         VcpuExit::Shutdown => ExitAction::Shutdown,
         VcpuExit::InternalError => ExitAction::InternalError,
         VcpuExit::FailEntry(reason, cpu) => ExitAction::FailEntry { reason, cpu },
-        VcpuExit::Hlt => ExitAction::Unexpected(
-            "KVM_EXIT_HLT (the in-kernel irqchip should have handled HLT)".to_owned(),
-        ),
+        VcpuExit::Hlt => {
+            ExitAction::Unexpected("KVM_EXIT_HLT (the in-kernel irqchip should have handled HLT)".to_owned())
+        }
         VcpuExit::SystemEvent(type_, data) => {
             ExitAction::Unexpected(format!("KVM_EXIT_SYSTEM_EVENT type {type_} data {data:x?}"))
         }
         VcpuExit::MemoryFault { flags, gpa, size } => ExitAction::Unexpected(format!(
             "KVM_EXIT_MEMORY_FAULT at guest address {gpa:#x} size {size:#x} flags {flags:#x}"
         )),
-        VcpuExit::Hypercall(h) => {
-            ExitAction::Unexpected(format!("KVM_EXIT_HYPERCALL nr {:#x}", h.nr))
-        }
+        VcpuExit::Hypercall(h) => ExitAction::Unexpected(format!("KVM_EXIT_HYPERCALL nr {:#x}", h.nr)),
         VcpuExit::Unsupported(reason) => {
             ExitAction::Unexpected(format!("exit reason {reason} unknown to kvm-ioctls"))
         }
@@ -106,10 +104,7 @@ mod tests {
         let buf = SharedBuf::default();
         let mut devices = Devices::new(Box::new(buf.clone()));
         for b in b"hi\n" {
-            assert_eq!(
-                handle_exit(VcpuExit::IoOut(0x3f8, &[*b]), 0, &mut devices),
-                ExitAction::Continue
-            );
+            assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, &[*b]), 0, &mut devices), ExitAction::Continue);
         }
         assert_eq!(buf.contents(), b"hi\n");
     }
@@ -117,14 +112,8 @@ mod tests {
     #[test]
     fn debug_exit_port_stops_with_the_value() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
-        assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &[0]), 0, &mut devices),
-            ExitAction::DebugExit(0)
-        );
-        assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &[3]), 0, &mut devices),
-            ExitAction::DebugExit(3)
-        );
+        assert_eq!(handle_exit(VcpuExit::IoOut(0xf4, &[0]), 0, &mut devices), ExitAction::DebugExit(0));
+        assert_eq!(handle_exit(VcpuExit::IoOut(0xf4, &[3]), 0, &mut devices), ExitAction::DebugExit(3));
         assert_eq!(
             handle_exit(VcpuExit::IoOut(0xf4, &[0x34, 0x12]), 0, &mut devices),
             ExitAction::DebugExit(0x1234)
@@ -135,37 +124,22 @@ mod tests {
         );
         // Reading the port is not an exit.
         let mut data = [0u8];
-        assert_eq!(
-            handle_exit(VcpuExit::IoIn(0xf4, &mut data), 0, &mut devices),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(VcpuExit::IoIn(0xf4, &mut data), 0, &mut devices), ExitAction::Continue);
         assert_eq!(data, [0xff]);
     }
 
     #[test]
     fn keyboard_controller_reset_stops_the_run() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
-        assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x64, &[0xfe]), 1, &mut devices),
-            ExitAction::Reset
-        );
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x64, &[0xfe]), 1, &mut devices), ExitAction::Reset);
         // A 16-bit write puts its low byte on port 0x64.
-        assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x64, &[0xfe, 0]), 0, &mut devices),
-            ExitAction::Reset
-        );
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x64, &[0xfe, 0]), 0, &mut devices), ExitAction::Reset);
         // Other commands, reads, and 0xfe elsewhere are ignored.
         for (port, value) in [(0x64, 0xfd), (0x64, 0xff), (0x60, 0xfe), (0x80, 0xfe)] {
-            assert_eq!(
-                handle_exit(VcpuExit::IoOut(port, &[value]), 0, &mut devices),
-                ExitAction::Continue
-            );
+            assert_eq!(handle_exit(VcpuExit::IoOut(port, &[value]), 0, &mut devices), ExitAction::Continue);
         }
         let mut data = [0u8];
-        assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x64, &mut data), 0, &mut devices),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(VcpuExit::IoIn(0x64, &mut data), 0, &mut devices), ExitAction::Continue);
         assert_eq!(data, [0xff]);
         assert_eq!(devices.stats().unknown_pio, 5);
     }
@@ -184,15 +158,9 @@ mod tests {
     #[test]
     fn unknown_port_is_ignored_and_reads_all_ones() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
-        assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x80, &[0x55]), 0, &mut devices),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x80, &[0x55]), 0, &mut devices), ExitAction::Continue);
         let mut data = [0u8; 2];
-        assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x1234, &mut data), 0, &mut devices),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(VcpuExit::IoIn(0x1234, &mut data), 0, &mut devices), ExitAction::Continue);
         assert_eq!(data, [0xff, 0xff]);
         let mut data = [0u8; 4];
         assert_eq!(
@@ -207,45 +175,24 @@ mod tests {
     #[test]
     fn bench_marker_port_reaches_the_vcpus_marker() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
-        assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf8, &[0; 4]), 0, &mut devices),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(VcpuExit::IoOut(0xf8, &[0; 4]), 0, &mut devices), ExitAction::Continue);
         let mut data = [0x55u8; 4];
-        assert_eq!(
-            handle_exit(VcpuExit::IoIn(0xf8, &mut data), 0, &mut devices),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(VcpuExit::IoIn(0xf8, &mut data), 0, &mut devices), ExitAction::Continue);
         assert_eq!(data, [0; 4], "no statistics: RESET reads 0");
         handle_exit(VcpuExit::IoOut(0xf8, &[7, 0, 0, 0]), 0, &mut devices);
         let s = devices.stats();
-        assert_eq!(
-            (s.bench_accesses, s.bench_garbage, s.unknown_pio),
-            (2, 1, 0)
-        );
+        assert_eq!((s.bench_accesses, s.bench_garbage, s.unknown_pio), (2, 1, 0));
     }
 
     #[test]
     fn crashes_stop_the_run() {
         let mut devices = Devices::new(Box::new(std::io::sink()));
-        assert_eq!(
-            handle_exit(VcpuExit::Shutdown, 0, &mut devices),
-            ExitAction::Shutdown
-        );
-        assert_eq!(
-            handle_exit(VcpuExit::InternalError, 0, &mut devices),
-            ExitAction::InternalError
-        );
+        assert_eq!(handle_exit(VcpuExit::Shutdown, 0, &mut devices), ExitAction::Shutdown);
+        assert_eq!(handle_exit(VcpuExit::InternalError, 0, &mut devices), ExitAction::InternalError);
         assert_eq!(
             handle_exit(VcpuExit::FailEntry(0x21, 1), 0, &mut devices),
-            ExitAction::FailEntry {
-                reason: 0x21,
-                cpu: 1
-            }
+            ExitAction::FailEntry { reason: 0x21, cpu: 1 }
         );
-        assert!(matches!(
-            handle_exit(VcpuExit::Hlt, 0, &mut devices),
-            ExitAction::Unexpected(_)
-        ));
+        assert!(matches!(handle_exit(VcpuExit::Hlt, 0, &mut devices), ExitAction::Unexpected(_)));
     }
 }

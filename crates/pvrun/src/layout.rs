@@ -133,10 +133,7 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<(u64, u64)> {
     if mem_bytes <= MMIO_GAP_START {
         vec![(0, mem_bytes)]
     } else {
-        vec![
-            (0, MMIO_GAP_START),
-            (MMIO_GAP_END, mem_bytes - MMIO_GAP_START),
-        ]
+        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, mem_bytes - MMIO_GAP_START)]
     }
 }
 
@@ -166,9 +163,6 @@ mod tests {
     fn ram_regions_split_around_the_gap() {
         assert_eq!(ram_regions(128 * MIB), vec![(0, 128 * MIB)]);
         assert_eq!(ram_regions(3 * GIB), vec![(0, 3 * GIB)]);
-        assert_eq!(
-            ram_regions(16 * GIB),
-            vec![(0, 3 * GIB), (4 * GIB, 13 * GIB)]
-        );
+        assert_eq!(ram_regions(16 * GIB), vec![(0, 3 * GIB), (4 * GIB, 13 * GIB)]);
     }
 }

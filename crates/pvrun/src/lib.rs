@@ -87,17 +87,10 @@ pub fn run_with_stats(config: &VmConfig, serial_out: Box<dyn Write + Send>) -> R
     let mut features = None;
     let result = boot(config, serial_out, &mut vcpu_stats, &mut features);
     let kvm_stats = vcpu_stats.map(|stats| {
-        let snapshots = stats?
-            .iter()
-            .map(|s| s.snapshot())
-            .collect::<Result<Vec<_>, _>>()?;
+        let snapshots = stats?.iter().map(|s| s.snapshot()).collect::<Result<Vec<_>, _>>()?;
         Ok(StatsSummary::from_snapshots(&snapshots))
     });
-    RunReport {
-        result,
-        kvm_stats,
-        features,
-    }
+    RunReport { result, kvm_stats, features }
 }
 
 /// What `pvrun --probe-host` prints: the KVM API version and capabilities,
@@ -145,9 +138,7 @@ fn boot(
     // Every vCPU exists before any is configured: on this repository's host,
     // an AP created after the BSP's state was set never receives the BSP's
     // INIT/SIPI.
-    let vcpus = (0..spec.cpus)
-        .map(|index| vm.create_vcpu(index))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vcpus = (0..spec.cpus).map(|index| vm.create_vcpu(index)).collect::<Result<Vec<_>, _>>()?;
     for vcpu in &vcpus {
         let index = vcpu.index();
         let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), index, &spec);

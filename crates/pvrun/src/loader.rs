@@ -144,23 +144,16 @@ impl KernelImage {
     /// Reads the kernel at `path` and checks it for a guest with `mem_bytes`
     /// of RAM.
     pub fn read(path: &Path, mem_bytes: u64) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
         Self::parse(path, bytes, mem_bytes)
     }
 
     /// Checks an in-memory kernel image (`path` is only used in messages).
     pub fn parse(path: &Path, bytes: Vec<u8>, mem_bytes: u64) -> Result<Self, LoadError> {
-        let unsupported = |reason: String| LoadError::Unsupported {
-            path: path.to_owned(),
-            reason,
-        };
+        let unsupported = |reason: String| LoadError::Unsupported { path: path.to_owned(), reason };
         if bytes.len() < 4 || bytes[..4] != ELF_MAGIC {
-            return Err(LoadError::NotElf {
-                path: path.to_owned(),
-            });
+            return Err(LoadError::NotElf { path: path.to_owned() });
         }
         if bytes.len() < EHDR_SIZE {
             return Err(unsupported(format!(
@@ -169,33 +162,24 @@ impl KernelImage {
             )));
         }
         if bytes[4] != ELFCLASS64 {
-            return Err(unsupported(format!(
-                "ELF class {} (only ELF64 is supported)",
-                bytes[4]
-            )));
+            return Err(unsupported(format!("ELF class {} (only ELF64 is supported)", bytes[4])));
         }
         if bytes[5] != ELFDATA2LSB {
             return Err(unsupported("big-endian ELF".to_owned()));
         }
         let e_type = u16_at(&bytes, 16);
         if e_type != ET_EXEC && e_type != ET_DYN {
-            return Err(unsupported(format!(
-                "ELF type {e_type} is not an executable"
-            )));
+            return Err(unsupported(format!("ELF type {e_type} is not an executable")));
         }
         let e_machine = u16_at(&bytes, 18);
         if e_machine != EM_X86_64 {
-            return Err(unsupported(format!(
-                "ELF machine {e_machine} is not x86-64 ({EM_X86_64})"
-            )));
+            return Err(unsupported(format!("ELF machine {e_machine} is not x86-64 ({EM_X86_64})")));
         }
         let phoff = u64_at(&bytes, 32);
         let phentsize = usize::from(u16_at(&bytes, 54));
         let phnum = usize::from(u16_at(&bytes, 56));
         if phentsize != PHDR_SIZE {
-            return Err(unsupported(format!(
-                "program header entry size {phentsize} (expected {PHDR_SIZE})"
-            )));
+            return Err(unsupported(format!("program header entry size {phentsize} (expected {PHDR_SIZE})")));
         }
         let table_end = usize::try_from(phoff)
             .ok()
@@ -253,9 +237,7 @@ impl KernelImage {
         if loadable == 0 {
             return Err(unsupported("no loadable (PT_LOAD) segment".to_owned()));
         }
-        let pvh_entry = pvh_entry.ok_or_else(|| LoadError::NoPvhEntry {
-            path: path.to_owned(),
-        })?;
+        let pvh_entry = pvh_entry.ok_or_else(|| LoadError::NoPvhEntry { path: path.to_owned() })?;
         if !in_loadable_ram(mem_bytes, pvh_entry, pvh_entry + 1) {
             return Err(LoadError::EntryOutsideRam {
                 path: path.to_owned(),
@@ -263,11 +245,7 @@ impl KernelImage {
                 mem_mib: mem_bytes / layout::MIB,
             });
         }
-        Ok(Self {
-            path: path.to_owned(),
-            bytes,
-            pvh_entry,
-        })
+        Ok(Self { path: path.to_owned(), bytes, pvh_entry })
     }
 
     /// The PVH entry point found in the ELF notes.
@@ -278,13 +256,8 @@ impl KernelImage {
     /// Copies the loadable segments into guest memory at their physical
     /// addresses and returns the PVH entry point.
     pub fn load(&self, mem: &GuestMemoryMmap) -> Result<GuestAddress, LoadError> {
-        let result =
-            Elf::load(mem, None, &mut Cursor::new(&self.bytes[..]), None).map_err(|source| {
-                LoadError::Loader {
-                    path: self.path.clone(),
-                    source,
-                }
-            })?;
+        let result = Elf::load(mem, None, &mut Cursor::new(&self.bytes[..]), None)
+            .map_err(|source| LoadError::Loader { path: self.path.clone(), source })?;
         // linux-loader keeps the answer of the *last* PT_NOTE segment, so an
         // image whose PVH note is in an earlier one reads as "not present";
         // our own scan above has the note either way.
@@ -343,10 +316,7 @@ mod tests {
         notes.extend(note(b"Xen\0", 6, b"linux\0"));
         notes.extend(note(b"Xen\0", 18, &0x10_0040u64.to_le_bytes()));
         assert_eq!(find_pvh_note(&notes), Some(0x10_0040));
-        assert_eq!(
-            find_pvh_note(&note(b"Xen\0", 18, &[0x10, 0, 0x20, 0])),
-            Some(0x20_0010)
-        );
+        assert_eq!(find_pvh_note(&note(b"Xen\0", 18, &[0x10, 0, 0x20, 0])), Some(0x20_0010));
         assert_eq!(find_pvh_note(&note(b"Xen\0", 17, &[0; 4])), None);
         assert_eq!(find_pvh_note(&note(b"Xe\0", 18, &[0; 4])), None);
         assert_eq!(find_pvh_note(&[1, 2, 3]), None);

@@ -180,24 +180,15 @@ fn ms(d: Duration) -> String {
 impl fmt::Display for HypercallProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HypercallProbe::Returns { insn, eax, elapsed } => write!(
-                f,
-                "returns: {insn} with eax = {eax:#x}, in {}",
-                ms(*elapsed)
-            ),
-            HypercallProbe::Hangs {
-                insn,
-                elapsed,
-                stuck,
-            } => write!(
+            HypercallProbe::Returns { insn, eax, elapsed } => {
+                write!(f, "returns: {insn} with eax = {eax:#x}, in {}", ms(*elapsed))
+            }
+            HypercallProbe::Hangs { insn, elapsed, stuck } => write!(
                 f,
                 "hangs: {insn} did not return within {}; {}",
                 ms(PROBE_TIMEOUT),
                 if *stuck {
-                    format!(
-                        "the probe vCPU did not come back from KVM_RUN ({} in all)",
-                        ms(*elapsed)
-                    )
+                    format!("the probe vCPU did not come back from KVM_RUN ({} in all)", ms(*elapsed))
                 } else {
                     format!("the watchdog broke KVM_RUN after {}", ms(*elapsed))
                 }
@@ -220,24 +211,12 @@ pub fn probe_hypercalls(kvm_path: &Path, insn: HypercallInsn) -> HypercallProbe 
     let result = run_probe(kvm_path, insn, &mut started);
     let elapsed = started.map_or(Duration::ZERO, |t: Instant| t.elapsed());
     match result {
-        Ok(exit) if exit.kind == ExitKind::DebugExit => HypercallProbe::Returns {
-            insn,
-            eax: exit.value,
-            elapsed,
-        },
-        Ok(_) => HypercallProbe::Failed {
-            insn,
-            reason: "the probe guest requested a reset".to_owned(),
-        },
-        Err(Error::Timeout { stuck, .. }) => HypercallProbe::Hangs {
-            insn,
-            elapsed,
-            stuck,
-        },
-        Err(e) => HypercallProbe::Failed {
-            insn,
-            reason: e.to_string(),
-        },
+        Ok(exit) if exit.kind == ExitKind::DebugExit => {
+            HypercallProbe::Returns { insn, eax: exit.value, elapsed }
+        }
+        Ok(_) => HypercallProbe::Failed { insn, reason: "the probe guest requested a reset".to_owned() },
+        Err(Error::Timeout { stuck, .. }) => HypercallProbe::Hangs { insn, elapsed, stuck },
+        Err(e) => HypercallProbe::Failed { insn, reason: e.to_string() },
     }
 }
 
@@ -255,11 +234,7 @@ fn run_probe(
         .write_slice(&probe_code(insn), GuestAddress(PROBE_CODE_ADDR))
         .map_err(SetupError::ProbeCode)?;
     let vcpu = vm.create_vcpu(0)?;
-    let spec = CpuidSpec {
-        cpus: 1,
-        personality: Personality::Kvm,
-        kvm_features_clear: 0,
-    };
+    let spec = CpuidSpec { cpus: 1, personality: Personality::Kvm, kvm_features_clear: 0 };
     vcpu.set_cpuid(&cpuid::vcpu_cpuid(supported.as_slice(), 0, &spec))?;
     vcpu.enter_protected_mode(vm.memory(), GuestAddress(PROBE_CODE_ADDR), 0)?;
     let devices = Arc::new(Mutex::new(Devices::new(Box::new(std::io::sink()))));
@@ -273,9 +248,7 @@ pub fn probe_hypercalls_cached(kvm_path: &Path) -> HypercallProbe {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, HypercallProbe>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     // Held while probing, so concurrent runs wait for one probe.
-    let mut cache = cache
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     cache
         .entry(kvm_path.to_owned())
         .or_insert_with(|| probe_hypercalls(kvm_path, HypercallInsn::host()))
@@ -298,9 +271,7 @@ pub enum ClearReason {
 impl fmt::Display for ClearReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            ClearReason::HypercallsHang => {
-                "hypercall-based: guest hypercalls do not return on this host"
-            }
+            ClearReason::HypercallsHang => "hypercall-based: guest hypercalls do not return on this host",
             ClearReason::HypercallProbeSkipped => {
                 "hypercall-based: --no-hypercall-probe assumes guest hypercalls do not return"
             }
@@ -332,11 +303,7 @@ impl fmt::Display for ClearedFeature {
             self.bit,
             cpuid::feature_label(self.bit),
             self.reason,
-            if self.offered {
-                ""
-            } else {
-                " (not offered by KVM anyway)"
-            }
+            if self.offered { "" } else { " (not offered by KVM anyway)" }
         )
     }
 }
@@ -386,12 +353,7 @@ impl FeaturePlan {
             }
             cleared.sort_by_key(|c| c.bit);
         }
-        FeaturePlan {
-            personality,
-            offered,
-            hypercalls,
-            cleared,
-        }
+        FeaturePlan { personality, offered, hypercalls, cleared }
     }
 
     /// The plan for a run of `config` on a KVM whose supported CPUID is
@@ -403,12 +365,7 @@ impl FeaturePlan {
             (Personality::Kvm, false) => HypercallProbe::Skipped,
             (Personality::Kvm, true) => probe_hypercalls_cached(&config.kvm_path),
         };
-        Self::new(
-            offered_features(supported),
-            config.personality,
-            hypercalls,
-            config.cpuid_mask,
-        )
+        Self::new(offered_features(supported), config.personality, hypercalls, config.cpuid_mask)
     }
 
     /// Every bit cleared.
@@ -502,10 +459,7 @@ impl HostProbe {
             format!("KVM API version: {}", self.api_version),
         ];
         for (name, present) in &self.caps {
-            out.push(format!(
-                "{name}: {}",
-                if *present { "present" } else { "absent" }
-            ));
+            out.push(format!("{name}: {}", if *present { "present" } else { "absent" }));
         }
         out.push(format!("host CPU vendor: {}", self.host_vendor));
         out.push(match &self.signature {
@@ -526,9 +480,7 @@ impl HostProbe {
         out.push(format!("hypercall probe: {}", self.plan.hypercalls));
         out.push(format!("personality: {}", self.plan.personality.name()));
         match self.plan.advertised() {
-            Some(word) => out.push(format!(
-                "advertised features (0x40000001 EAX): {word:#010x}"
-            )),
+            Some(word) => out.push(format!("advertised features (0x40000001 EAX): {word:#010x}")),
             None if self.plan.personality == Personality::None => out.push(
                 "advertised features (0x40000001 EAX): none (personality none hides the \
                  hypervisor leaves and CPUID.1:ECX bit 31)"
@@ -553,10 +505,7 @@ impl fmt::Display for HostProbe {
 }
 
 fn list_caps(kvm: &Kvm) -> Vec<(&'static str, bool)> {
-    LISTED_CAPS
-        .iter()
-        .map(|&(name, cap)| (name, kvm.check_extension_raw(cap.into()) > 0))
-        .collect()
+    LISTED_CAPS.iter().map(|&(name, cap)| (name, kvm.check_extension_raw(cap.into()) > 0)).collect()
 }
 
 #[cfg(test)]
@@ -574,11 +523,7 @@ mod tests {
     }
 
     fn returns() -> HypercallProbe {
-        HypercallProbe::Returns {
-            insn: HypercallInsn::Vmmcall,
-            eax: 0,
-            elapsed: Duration::from_micros(300),
-        }
+        HypercallProbe::Returns { insn: HypercallInsn::Vmmcall, eax: 0, elapsed: Duration::from_micros(300) }
     }
 
     #[test]
@@ -586,10 +531,7 @@ mod tests {
         let plan = FeaturePlan::new(Some(HOST_WORD), Personality::Kvm, hangs(), 0);
         let bits: Vec<u8> = plan.cleared.iter().map(|c| c.bit).collect();
         assert_eq!(bits, vec![7, 11, 13, 16]);
-        assert!(plan
-            .cleared
-            .iter()
-            .all(|c| c.reason == ClearReason::HypercallsHang));
+        assert!(plan.cleared.iter().all(|c| c.reason == ClearReason::HypercallsHang));
         // Bit 16 is not in this host's word.
         let offered: Vec<bool> = plan.cleared.iter().map(|c| c.offered).collect();
         assert_eq!(offered, vec![true, true, true, false]);
@@ -599,9 +541,7 @@ mod tests {
             plan.cleared[0].to_string(),
             "bit 7 pv_unhalt: hypercall-based: guest hypercalls do not return on this host"
         );
-        assert!(plan.cleared[3]
-            .to_string()
-            .ends_with("(not offered by KVM anyway)"));
+        assert!(plan.cleared[3].to_string().ends_with("(not offered by KVM anyway)"));
     }
 
     #[test]
@@ -612,10 +552,7 @@ mod tests {
         let plan = FeaturePlan::new(Some(HOST_WORD), Personality::Kvm, returns(), 1 << 5);
         assert_eq!(plan.advertised(), Some(HOST_WORD & !(1 << 5)));
         assert_eq!(plan.cleared[0].reason, ClearReason::CpuidMask);
-        assert_eq!(
-            plan.cleared[0].to_string(),
-            "bit 5 steal_time: --cpuid-mask"
-        );
+        assert_eq!(plan.cleared[0].to_string(), "bit 5 steal_time: --cpuid-mask");
     }
 
     #[test]
@@ -623,10 +560,7 @@ mod tests {
         for (probe, reason) in [
             (HypercallProbe::Skipped, ClearReason::HypercallProbeSkipped),
             (
-                HypercallProbe::Failed {
-                    insn: HypercallInsn::Vmcall,
-                    reason: "x".into(),
-                },
+                HypercallProbe::Failed { insn: HypercallInsn::Vmcall, reason: "x".into() },
                 ClearReason::HypercallProbeFailed,
             ),
         ] {
@@ -638,12 +572,8 @@ mod tests {
 
     #[test]
     fn mask_and_probe_combine_sorted_without_duplicates() {
-        let plan = FeaturePlan::new(
-            Some(HOST_WORD),
-            Personality::Kvm,
-            hangs(),
-            (1 << 7) | (1 << 5) | (1 << 8),
-        );
+        let plan =
+            FeaturePlan::new(Some(HOST_WORD), Personality::Kvm, hangs(), (1 << 7) | (1 << 5) | (1 << 8));
         let got: Vec<(u8, ClearReason)> = plan.cleared.iter().map(|c| (c.bit, c.reason)).collect();
         assert_eq!(
             got,
@@ -656,20 +586,12 @@ mod tests {
                 (16, ClearReason::HypercallsHang),
             ]
         );
-        assert_eq!(
-            plan.cleared[2].to_string(),
-            "bit 8 bit 8: --cpuid-mask (not offered by KVM anyway)"
-        );
+        assert_eq!(plan.cleared[2].to_string(), "bit 8 bit 8: --cpuid-mask (not offered by KVM anyway)");
     }
 
     #[test]
     fn personality_none_advertises_nothing() {
-        let plan = FeaturePlan::new(
-            Some(HOST_WORD),
-            Personality::None,
-            HypercallProbe::NotNeeded,
-            1 << 5,
-        );
+        let plan = FeaturePlan::new(Some(HOST_WORD), Personality::None, HypercallProbe::NotNeeded, 1 << 5);
         assert!(plan.cleared.is_empty());
         assert_eq!(plan.advertised(), None);
         let plan = FeaturePlan::new(None, Personality::Kvm, hangs(), 0);
@@ -678,18 +600,9 @@ mod tests {
 
     #[test]
     fn the_instruction_follows_the_host_vendor() {
-        assert_eq!(
-            HypercallInsn::for_vendor("GenuineIntel"),
-            HypercallInsn::Vmcall
-        );
-        assert_eq!(
-            HypercallInsn::for_vendor("AuthenticAMD"),
-            HypercallInsn::Vmmcall
-        );
-        assert_eq!(
-            HypercallInsn::for_vendor("HygonGenuine"),
-            HypercallInsn::Vmmcall
-        );
+        assert_eq!(HypercallInsn::for_vendor("GenuineIntel"), HypercallInsn::Vmcall);
+        assert_eq!(HypercallInsn::for_vendor("AuthenticAMD"), HypercallInsn::Vmmcall);
+        assert_eq!(HypercallInsn::for_vendor("HygonGenuine"), HypercallInsn::Vmmcall);
         assert_eq!(HypercallInsn::Vmcall.to_string(), "vmcall (0f 01 c1)");
         assert_eq!(HypercallInsn::Vmmcall.to_string(), "vmmcall (0f 01 d9)");
         assert_eq!(host_vendor().len(), 12);
@@ -697,14 +610,8 @@ mod tests {
 
     #[test]
     fn probe_guest_code() {
-        assert_eq!(
-            probe_code(HypercallInsn::Vmcall),
-            [0xb8, 1, 0, 0, 0, 0x0f, 0x01, 0xc1, 0xe7, 0xf4, 0xf4]
-        );
-        assert_eq!(
-            &probe_code(HypercallInsn::Vmmcall)[5..8],
-            &[0x0f, 0x01, 0xd9]
-        );
+        assert_eq!(probe_code(HypercallInsn::Vmcall), [0xb8, 1, 0, 0, 0, 0x0f, 0x01, 0xc1, 0xe7, 0xf4, 0xf4]);
+        assert_eq!(&probe_code(HypercallInsn::Vmmcall)[5..8], &[0x0f, 0x01, 0xd9]);
     }
 
     #[test]
@@ -733,10 +640,7 @@ mod tests {
             assert!(lines.iter().any(|l| l == want), "{want:?} in {lines:#?}");
         }
         assert_eq!(lines.iter().filter(|l| l.starts_with("  bit ")).count(), 14);
-        assert_eq!(
-            lines.iter().filter(|l| l.starts_with("  cleared ")).count(),
-            5
-        );
+        assert_eq!(lines.iter().filter(|l| l.starts_with("  cleared ")).count(), 5);
         assert!(probe.to_string().ends_with('\n'));
     }
 }

@@ -151,19 +151,10 @@ pub fn check_cmdline(cmdline: &str) -> Result<(), BootInfoError> {
 /// [`layout::ram_regions`]: usable low memory below the EBDA, the EBDA/VGA/BIOS
 /// area reserved, and RAM from 1 MiB on (split around the 32-bit MMIO gap).
 pub fn memmap_entries(mem_bytes: u64) -> Vec<HvmMemmapTableEntry> {
-    let entry = |addr, size, type_| HvmMemmapTableEntry {
-        addr,
-        size,
-        type_,
-        reserved: 0,
-    };
+    let entry = |addr, size, type_| HvmMemmapTableEntry { addr, size, type_, reserved: 0 };
     let mut entries = vec![
         entry(0, layout::EBDA_START, XEN_HVM_MEMMAP_TYPE_RAM),
-        entry(
-            layout::EBDA_START,
-            layout::HIMEM_START - layout::EBDA_START,
-            XEN_HVM_MEMMAP_TYPE_RESERVED,
-        ),
+        entry(layout::EBDA_START, layout::HIMEM_START - layout::EBDA_START, XEN_HVM_MEMMAP_TYPE_RESERVED),
     ];
     for (start, len) in layout::ram_regions(mem_bytes) {
         let end = start + len;
@@ -198,8 +189,7 @@ pub fn write_boot_info(
     }
     let mut addr = layout::MEMMAP_START;
     for entry in &entries {
-        mem.write_obj(*entry, GuestAddress(addr))
-            .map_err(write_err("the memory map", addr))?;
+        mem.write_obj(*entry, GuestAddress(addr)).map_err(write_err("the memory map", addr))?;
         addr += std::mem::size_of::<HvmMemmapTableEntry>() as u64;
     }
 
@@ -258,11 +248,8 @@ mod tests {
 
         let mut mm = [0u8; 3 * 24];
         mem.read_slice(&mut mm, GuestAddress(0x7000)).unwrap();
-        let expect: [(u64, u64, u32); 3] = [
-            (0, 0x9fc00, 1),
-            (0x9fc00, 0x100000 - 0x9fc00, 2),
-            (0x100000, 16 * MIB - 0x100000, 1),
-        ];
+        let expect: [(u64, u64, u32); 3] =
+            [(0, 0x9fc00, 1), (0x9fc00, 0x100000 - 0x9fc00, 2), (0x100000, 16 * MIB - 0x100000, 1)];
         for (i, (a, s, t)) in expect.iter().enumerate() {
             let e = &mm[i * 24..];
             assert_eq!(u64_at(e, 0), *a, "entry {i} addr");
@@ -295,14 +282,8 @@ mod tests {
     fn cmdline_limits() {
         assert!(check_cmdline(&"x".repeat(4095)).is_ok());
         let err = check_cmdline(&"x".repeat(4096)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "kernel command line is 4096 bytes long; the limit is 4095 bytes"
-        );
-        assert!(matches!(
-            check_cmdline("a\0b"),
-            Err(BootInfoError::CmdlineHasNul)
-        ));
+        assert_eq!(err.to_string(), "kernel command line is 4096 bytes long; the limit is 4095 bytes");
+        assert!(matches!(check_cmdline("a\0b"), Err(BootInfoError::CmdlineHasNul)));
         let mem = guest_mem(16 * MIB);
         assert!(matches!(
             write_boot_info(&mem, 16 * MIB, &"y".repeat(5000)),

@@ -72,9 +72,7 @@ fn install_kick_handler() -> Result<c_int, SetupError> {
     INSTALLED
         .get_or_init(|| {
             let signum = SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET;
-            register_signal_handler(signum, kick_handler)
-                .map(|()| signum)
-                .map_err(|e| e.errno())
+            register_signal_handler(signum, kick_handler).map(|()| signum).map_err(|e| e.errno())
         })
         .map_err(|errno| SetupError::SignalHandler(std::io::Error::from_raw_os_error(errno)))
 }
@@ -82,9 +80,7 @@ fn install_kick_handler() -> Result<c_int, SetupError> {
 fn lock(devices: &Mutex<Devices>) -> MutexGuard<'_, Devices> {
     // A poisoned lock only means another vCPU thread panicked mid-access;
     // the devices are still usable for reporting.
-    devices
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Why a vCPU stopped.
@@ -124,19 +120,13 @@ impl VcpuRunner {
     /// A runner for `vcpu`, serving exits on `devices`, stopping when `stop`
     /// is set.
     pub fn new(vcpu: Vcpu, devices: Arc<Mutex<Devices>>, stop: Arc<AtomicBool>) -> Self {
-        VcpuRunner {
-            vcpu,
-            devices,
-            stop,
-        }
+        VcpuRunner { vcpu, devices, stop }
     }
 
     /// One transition: enter the guest once and decide what comes next.
     pub fn step(&mut self) -> RunState {
         if self.stop.load(Ordering::Acquire) {
-            return RunState::Stopped(VcpuStop::Kicked {
-                rip: self.vcpu.rip(),
-            });
+            return RunState::Stopped(VcpuStop::Kicked { rip: self.vcpu.rip() });
         }
         let index = self.vcpu.index();
         let action = match self.vcpu.run() {
@@ -160,10 +150,9 @@ impl VcpuRunner {
             ExitAction::Continue => RunState::Running,
             ExitAction::DebugExit(value) => RunState::Stopped(VcpuStop::DebugExit(value)),
             ExitAction::Reset => RunState::Stopped(VcpuStop::Reset),
-            ExitAction::Shutdown => crashed(GuestError::TripleFault {
-                vcpu: index,
-                regs: self.vcpu.registers().map(Box::new),
-            }),
+            ExitAction::Shutdown => {
+                crashed(GuestError::TripleFault { vcpu: index, regs: self.vcpu.registers().map(Box::new) })
+            }
             ExitAction::InternalError => {
                 let info = self.vcpu.internal_error_info().unwrap_or_default();
                 crashed(GuestError::InternalError {
@@ -173,17 +162,12 @@ impl VcpuRunner {
                     regs: self.vcpu.registers().map(Box::new),
                 })
             }
-            ExitAction::FailEntry { reason, cpu } => crashed(GuestError::FailEntry {
-                vcpu: index,
-                reason,
-                cpu,
-                rip: self.vcpu.rip(),
-            }),
-            ExitAction::Unexpected(what) => crashed(GuestError::UnexpectedExit {
-                vcpu: index,
-                what,
-                rip: self.vcpu.rip(),
-            }),
+            ExitAction::FailEntry { reason, cpu } => {
+                crashed(GuestError::FailEntry { vcpu: index, reason, cpu, rip: self.vcpu.rip() })
+            }
+            ExitAction::Unexpected(what) => {
+                crashed(GuestError::UnexpectedExit { vcpu: index, what, rip: self.vcpu.rip() })
+            }
         }
     }
 
@@ -229,22 +213,12 @@ pub struct GuestExit {
 impl GuestExit {
     /// The result of a guest that wrote `value` to the debug-exit port.
     pub fn from_value(value: u32, stats: DeviceStats) -> Self {
-        GuestExit {
-            kind: ExitKind::DebugExit,
-            value,
-            status: (value.wrapping_shl(1) | 1) as i32,
-            stats,
-        }
+        GuestExit { kind: ExitKind::DebugExit, value, status: (value.wrapping_shl(1) | 1) as i32, stats }
     }
 
     /// The result of a guest that asked for a reset: status 0.
     pub fn reset(stats: DeviceStats) -> Self {
-        GuestExit {
-            kind: ExitKind::Reset,
-            value: 0,
-            status: 0,
-            stats,
-        }
+        GuestExit { kind: ExitKind::Reset, value: 0, status: 0, stats }
     }
 }
 
@@ -271,14 +245,12 @@ pub fn run_vcpus(
     for (slot, vcpu) in vcpus.into_iter().enumerate() {
         let (vm, devices, vcpu_stop, tx) = (vm.clone(), devices.clone(), stop.clone(), tx.clone());
         let index = vcpu.index();
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || {
-                let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop).run();
-                let _ = tx.send((slot, index, outcome));
-                // The vCPU is gone now; only then may the memory go.
-                drop(vm);
-            });
+        let spawned = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
+            let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop).run();
+            let _ = tx.send((slot, index, outcome));
+            // The vCPU is gone now; only then may the memory go.
+            drop(vm);
+        });
         match spawned {
             Ok(handle) => threads.push(Some(handle)),
             Err(e) => {

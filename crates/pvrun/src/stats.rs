@@ -23,9 +23,7 @@ use std::os::raw::c_ulong;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use kvm_bindings::{
-    kvm_stats_desc, kvm_stats_header, KVMIO, KVM_CAP_BINARY_STATS_FD, KVM_STATS_TYPE_MASK,
-};
+use kvm_bindings::{kvm_stats_desc, kvm_stats_header, KVMIO, KVM_CAP_BINARY_STATS_FD, KVM_STATS_TYPE_MASK};
 use kvm_ioctls::Kvm;
 use vmm_sys_util::ioctl::{ioctl, ioctl_expr, _IOC_NONE};
 
@@ -52,13 +50,8 @@ pub const STAT_EXITS: &str = "exits";
 /// The counter of instructions run by KVM's instruction emulator.
 pub const STAT_INSN_EMULATION: &str = "insn_emulation";
 /// The counters printed by `--stats`, in order.
-pub const SUMMARY_STATS: [&str; 5] = [
-    STAT_EXITS,
-    STAT_INSN_EMULATION,
-    "halt_exits",
-    "io_exits",
-    "mmio_exits",
-];
+pub const SUMMARY_STATS: [&str; 5] =
+    [STAT_EXITS, STAT_INSN_EMULATION, "halt_exits", "io_exits", "mmio_exits"];
 
 /// The binary statistics cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -182,8 +175,7 @@ impl<F: ReadAt> KvmStats<F> {
     pub fn from_file(file: F) -> Result<Self, StatsError> {
         let read = |what, len: usize, offset: u64| -> Result<Vec<u8>, StatsError> {
             let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset)
-                .map_err(|source| StatsError::Read { what, source })?;
+            file.read_exact_at(&mut buf, offset).map_err(|source| StatsError::Read { what, source })?;
             Ok(buf)
         };
         let malformed = |m: String| Err(StatsError::Malformed(m));
@@ -191,8 +183,7 @@ impl<F: ReadAt> KvmStats<F> {
         let h = read("header", HEADER_SIZE, 0)?;
         let name_size = u32_at(&h, 4) as usize;
         let num_desc = u32_at(&h, 8) as usize;
-        let (id_offset, desc_offset, data_offset) =
-            (u32_at(&h, 12), u32_at(&h, 16), u32_at(&h, 20));
+        let (id_offset, desc_offset, data_offset) = (u32_at(&h, 12), u32_at(&h, 16), u32_at(&h, 20));
         if name_size == 0 || name_size > MAX_NAME_SIZE {
             return malformed(format!("name_size {name_size}"));
         }
@@ -224,13 +215,7 @@ impl<F: ReadAt> KvmStats<F> {
             data_size = data_size.max(end);
             descs.push(desc);
         }
-        Ok(KvmStats {
-            id,
-            descs: descs.into(),
-            data_offset: data_offset.into(),
-            data_size,
-            file,
-        })
+        Ok(KvmStats { id, descs: descs.into(), data_offset: data_offset.into(), data_size, file })
     }
 
     /// The id string, e.g. `kvm-1234/vcpu-0`.
@@ -248,14 +233,8 @@ impl<F: ReadAt> KvmStats<F> {
         let mut data = vec![0u8; self.data_size];
         self.file
             .read_exact_at(&mut data, self.data_offset)
-            .map_err(|source| StatsError::Read {
-                what: "data block",
-                source,
-            })?;
-        Ok(StatsSnapshot {
-            descs: self.descs.clone(),
-            data,
-        })
+            .map_err(|source| StatsError::Read { what: "data block", source })?;
+        Ok(StatsSnapshot { descs: self.descs.clone(), data })
     }
 
     /// The current instruction-emulation and exit counters, if both exist
@@ -295,10 +274,7 @@ impl StatsSnapshot {
 
     /// Every single-valued statistic as `(name, value)`, in file order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
-        self.descs
-            .iter()
-            .filter(|d| d.size == 1)
-            .map(|d| (d.name.as_str(), self.value(d, 0)))
+        self.descs.iter().filter(|d| d.size == 1).map(|d| (d.name.as_str(), self.value(d, 0)))
     }
 }
 
@@ -317,8 +293,7 @@ impl StatsSummary {
             .iter()
             .filter_map(|&name| {
                 let values: Vec<u64> = snapshots.iter().filter_map(|s| s.get(name)).collect();
-                (!values.is_empty())
-                    .then(|| (name, values.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
+                (!values.is_empty()).then(|| (name, values.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
             })
             .collect();
         StatsSummary { counters }
@@ -326,10 +301,7 @@ impl StatsSummary {
 
     /// The total of `name`, if it was collected.
     pub fn get(&self, name: &str) -> Option<u64> {
-        self.counters
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
+        self.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
 }
 
@@ -395,8 +367,7 @@ pub(crate) mod tests {
 
     #[test]
     fn header_and_two_descriptors_are_parsed() {
-        let file =
-            build_stats_file(&[("exits", 0, &[0x1_0000_0002]), ("insn_emulation", 0, &[77])]);
+        let file = build_stats_file(&[("exits", 0, &[0x1_0000_0002]), ("insn_emulation", 0, &[77])]);
         // 24-byte header, 48-byte id, 2 × 64-byte descriptors, 16 bytes of data.
         assert_eq!(file.len(), 24 + 48 + 2 * 64 + 16);
         let stats = KvmStats::from_file(file).unwrap();
@@ -404,18 +375,8 @@ pub(crate) mod tests {
         assert_eq!(
             stats.descriptors(),
             &[
-                StatDesc {
-                    name: "exits".into(),
-                    flags: 0,
-                    offset: 0,
-                    size: 1
-                },
-                StatDesc {
-                    name: "insn_emulation".into(),
-                    flags: 0,
-                    offset: 8,
-                    size: 1
-                },
+                StatDesc { name: "exits".into(), flags: 0, offset: 0, size: 1 },
+                StatDesc { name: "insn_emulation".into(), flags: 0, offset: 8, size: 1 },
             ]
         );
         let snap = stats.snapshot().unwrap();
@@ -444,28 +405,13 @@ pub(crate) mod tests {
     fn truncated_or_absurd_files_are_errors() {
         let file = build_stats_file(&[("exits", 0, &[1]), ("insn_emulation", 0, &[2])]);
         let err = KvmStats::from_file(file[..10].to_vec()).unwrap_err();
-        assert!(
-            matches!(err, StatsError::Read { what: "header", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StatsError::Read { what: "header", .. }), "{err}");
         let err = KvmStats::from_file(file[..100].to_vec()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StatsError::Read {
-                    what: "descriptors",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, StatsError::Read { what: "descriptors", .. }), "{err}");
         // The data block is cut short: parsing works, the snapshot fails.
         let stats = KvmStats::from_file(file[..file.len() - 4].to_vec()).unwrap();
         let err = stats.snapshot().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cannot read the KVM statistics data block: unexpected end of file"
-        );
+        assert_eq!(err.to_string(), "cannot read the KVM statistics data block: unexpected end of file");
 
         let mut bad = file.clone();
         bad[4..8].copy_from_slice(&0u32.to_le_bytes());
@@ -481,11 +427,7 @@ pub(crate) mod tests {
             ("io_exits", 0, &[3]),
         ]))
         .unwrap();
-        let b = KvmStats::from_file(build_stats_file(&[
-            ("io_exits", 0, &[4]),
-            ("exits", 0, &[1]),
-        ]))
-        .unwrap();
+        let b = KvmStats::from_file(build_stats_file(&[("io_exits", 0, &[4]), ("exits", 0, &[1])])).unwrap();
         let sum = StatsSummary::from_snapshots(&[a.snapshot().unwrap(), b.snapshot().unwrap()]);
         assert_eq!(sum.to_string(), "exits=11 insn_emulation=100 io_exits=7");
         assert_eq!(sum.get("io_exits"), Some(7));

@@ -46,12 +46,8 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The boot GDT: null, flat 32-bit code (type 0xb), flat 32-bit data
 /// (type 0x3), and a 32-bit busy TSS (type 0xb, base 0, limit 0x67).
-pub const BOOT_GDT: [u64; 4] = [
-    0,
-    gdt_entry(0xc09b, 0, 0xfffff),
-    gdt_entry(0xc093, 0, 0xfffff),
-    gdt_entry(0x008b, 0, 0x67),
-];
+pub const BOOT_GDT: [u64; 4] =
+    [0, gdt_entry(0xc09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x008b, 0, 0x67)];
 
 /// The `kvm_segment` KVM wants for GDT descriptor `entry` loaded with
 /// `selector`.
@@ -104,12 +100,7 @@ pub fn set_pvh_sregs(sregs: &mut kvm_sregs) {
 
 /// The PVH entry registers: EIP = entry, EBX = `hvm_start_info`, EFLAGS = 0x2.
 pub fn pvh_regs(entry: GuestAddress, start_info: GuestAddress) -> kvm_regs {
-    kvm_regs {
-        rip: entry.0,
-        rbx: start_info.0,
-        rflags: EFLAGS_RESERVED,
-        ..Default::default()
-    }
+    kvm_regs { rip: entry.0, rbx: start_info.0, rflags: EFLAGS_RESERVED, ..Default::default() }
 }
 
 /// The registers of a stopped vCPU, for crash reports.
@@ -240,28 +231,18 @@ impl Vcpu {
     pub fn configure_ap(&self, cpuid: &[kvm_cpuid_entry2]) -> Result<(), SetupError> {
         self.set_cpuid(cpuid)?;
         self.fd
-            .set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_UNINITIALIZED,
-            })
-            .map_err(SetupError::ioctl(
-                "put an application processor in wait-for-SIPI",
-            ))?;
+            .set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_UNINITIALIZED })
+            .map_err(SetupError::ioctl("put an application processor in wait-for-SIPI"))?;
         let state = self.mp_state()?;
         if state != KVM_MP_STATE_UNINITIALIZED {
-            return Err(SetupError::ApNotWaiting {
-                vcpu: self.index,
-                state,
-            });
+            return Err(SetupError::ApNotWaiting { vcpu: self.index, state });
         }
         Ok(())
     }
 
     /// `KVM_GET_MP_STATE`: `KVM_MP_STATE_*`.
     pub fn mp_state(&self) -> Result<u32, SetupError> {
-        self.fd
-            .get_mp_state()
-            .map(|s| s.mp_state)
-            .map_err(SetupError::ioctl("read the MP state"))
+        self.fd.get_mp_state().map(|s| s.mp_state).map_err(SetupError::ioctl("read the MP state"))
     }
 
     /// 32-bit protected mode at `entry` as PVH defines it: FPU reset, the
@@ -273,31 +254,18 @@ impl Vcpu {
         entry: GuestAddress,
         rbx: u64,
     ) -> Result<(), SetupError> {
-        let fpu = kvm_fpu {
-            fcw: 0x37f,
-            mxcsr: 0x1f80,
-            ..Default::default()
-        };
-        self.fd
-            .set_fpu(&fpu)
-            .map_err(SetupError::ioctl("set the FPU state"))?;
+        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+        self.fd.set_fpu(&fpu).map_err(SetupError::ioctl("set the FPU state"))?;
 
         for (i, entry) in BOOT_GDT.iter().enumerate() {
             let addr = layout::BOOT_GDT_START + (i * std::mem::size_of::<u64>()) as u64;
-            mem.write_obj(*entry, GuestAddress(addr))
-                .map_err(SetupError::Gdt)?;
+            mem.write_obj(*entry, GuestAddress(addr)).map_err(SetupError::Gdt)?;
         }
-        mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT_START))
-            .map_err(SetupError::Gdt)?;
+        mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT_START)).map_err(SetupError::Gdt)?;
 
-        let mut sregs = self
-            .fd
-            .get_sregs()
-            .map_err(SetupError::ioctl("read the special registers"))?;
+        let mut sregs = self.fd.get_sregs().map_err(SetupError::ioctl("read the special registers"))?;
         set_pvh_sregs(&mut sregs);
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(SetupError::ioctl("set the special registers"))?;
+        self.fd.set_sregs(&sregs).map_err(SetupError::ioctl("set the special registers"))?;
         self.fd
             .set_regs(&pvh_regs(entry, GuestAddress(rbx)))
             .map_err(SetupError::ioctl("set the registers"))?;
@@ -306,21 +274,15 @@ impl Vcpu {
 
     /// `KVM_SET_CPUID2` with `entries` (see [`crate::cpuid::vcpu_cpuid`]).
     pub fn set_cpuid(&self, entries: &[kvm_cpuid_entry2]) -> Result<(), SetupError> {
-        let cpuid = CpuId::from_entries(entries).map_err(|_| SetupError::CpuidTooLarge {
-            entries: entries.len(),
-        })?;
-        self.fd
-            .set_cpuid2(&cpuid)
-            .map_err(SetupError::ioctl("set the CPUID"))
+        let cpuid =
+            CpuId::from_entries(entries).map_err(|_| SetupError::CpuidTooLarge { entries: entries.len() })?;
+        self.fd.set_cpuid2(&cpuid).map_err(SetupError::ioctl("set the CPUID"))
     }
 
     /// Wires LAPIC LINT0 to ExtINT and LINT1 to NMI, as a PC BIOS leaves them
     /// (virtual wire mode).
     fn set_lint(&self) -> Result<(), SetupError> {
-        let mut lapic = self
-            .fd
-            .get_lapic()
-            .map_err(SetupError::ioctl("read the LAPIC"))?;
+        let mut lapic = self.fd.get_lapic().map_err(SetupError::ioctl("read the LAPIC"))?;
         for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
             let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
             let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
@@ -328,9 +290,7 @@ impl Vcpu {
                 lapic.regs[reg + i] = *b as std::os::raw::c_char;
             }
         }
-        self.fd
-            .set_lapic(&lapic)
-            .map_err(SetupError::ioctl("set the LAPIC"))
+        self.fd.set_lapic(&lapic).map_err(SetupError::ioctl("set the LAPIC"))
     }
 
     /// Opens this vCPU's binary statistics (`KVM_GET_STATS_FD`);
@@ -383,10 +343,7 @@ impl Vcpu {
         // bytes.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         let n = (internal.ndata as usize).min(internal.data.len());
-        Some(InternalErrorInfo {
-            suberror: internal.suberror,
-            data: internal.data[..n].to_vec(),
-        })
+        Some(InternalErrorInfo { suberror: internal.suberror, data: internal.data[..n].to_vec() })
     }
 }
 
@@ -412,23 +369,12 @@ mod tests {
         );
         for seg in [sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss] {
             assert_eq!(
-                (
-                    seg.base,
-                    seg.limit,
-                    seg.type_,
-                    seg.s,
-                    seg.db,
-                    seg.g,
-                    seg.present
-                ),
+                (seg.base, seg.limit, seg.type_, seg.s, seg.db, seg.g, seg.present),
                 (0, 0xffff_ffff, 0x3, 1, 1, 1, 1)
             );
         }
         let tr = sregs.tr;
-        assert_eq!(
-            (tr.base, tr.limit, tr.type_, tr.s, tr.present, tr.unusable),
-            (0, 0x67, 0xb, 0, 1, 0)
-        );
+        assert_eq!((tr.base, tr.limit, tr.type_, tr.s, tr.present, tr.unusable), (0, 0x67, 0xb, 0, 1, 0));
         assert_eq!(sregs.cr0, 0x11);
         assert_eq!((sregs.cr3, sregs.cr4, sregs.efer), (0, 0, 0));
         assert_eq!(sregs.gdt.limit, 31);
@@ -443,16 +389,12 @@ mod tests {
 
     #[test]
     fn register_dump_is_one_line() {
-        let d = RegisterDump {
-            rip: 0x100010,
-            ..Default::default()
-        };
+        let d = RegisterDump { rip: 0x100010, ..Default::default() };
         let s = d.to_string();
         assert!(s.contains("rip=0x100010"));
-        for name in [
-            "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "rflags", "cr0", "cr3", "cr4",
-            "efer",
-        ] {
+        for name in
+            ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "rflags", "cr0", "cr3", "cr4", "efer"]
+        {
             assert!(s.contains(&format!("{name}=0x")), "{name} in {s}");
         }
         assert!(!s.contains('\n'));

@@ -151,18 +151,12 @@ impl SetupError {
     /// Whether this failure means KVM refused something (exit 6) rather than
     /// pvrun failing on its own (exit 70).
     pub fn is_kvm_refusal(&self) -> bool {
-        matches!(
-            self,
-            SetupError::KvmIoctl { .. } | SetupError::ApNotWaiting { .. }
-        )
+        matches!(self, SetupError::KvmIoctl { .. } | SetupError::ApNotWaiting { .. })
     }
 
     /// A `KvmIoctl` error from a kvm-ioctls error.
     pub fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SetupError {
-        move |e| SetupError::KvmIoctl {
-            what,
-            source: std::io::Error::from_raw_os_error(e.errno()),
-        }
+        move |e| SetupError::KvmIoctl { what, source: std::io::Error::from_raw_os_error(e.errno()) }
     }
 }
 
@@ -176,40 +170,23 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, KvmError> {
     let kvm = Kvm::new_with_path(&cpath).map_err(|e| {
         let source = std::io::Error::from_raw_os_error(e.errno());
         match e.errno() {
-            libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::NotFound {
-                path: path.to_owned(),
-                source,
-            },
-            libc::EACCES | libc::EPERM => KvmError::PermissionDenied {
-                path: path.to_owned(),
-            },
-            _ => KvmError::Open {
-                path: path.to_owned(),
-                source,
-            },
+            libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::NotFound { path: path.to_owned(), source },
+            libc::EACCES | libc::EPERM => KvmError::PermissionDenied { path: path.to_owned() },
+            _ => KvmError::Open { path: path.to_owned(), source },
         }
     })?;
     let version = kvm.get_api_version();
     if version < 0 {
         // kvm-ioctls returns the raw ioctl result; errno is still that of the
         // failed ioctl.
-        return Err(KvmError::NotKvm {
-            path: path.to_owned(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(KvmError::NotKvm { path: path.to_owned(), source: std::io::Error::last_os_error() });
     }
     if version != KVM_API_VERSION {
-        return Err(KvmError::ApiVersion {
-            path: path.to_owned(),
-            got: version,
-        });
+        return Err(KvmError::ApiVersion { path: path.to_owned(), got: version });
     }
     for (cap, name) in REQUIRED_CAPS {
         if !kvm.check_extension(cap) {
-            return Err(KvmError::MissingCap {
-                path: path.to_owned(),
-                cap: name,
-            });
+            return Err(KvmError::MissingCap { path: path.to_owned(), cap: name });
         }
     }
     Ok(kvm)
@@ -247,11 +224,10 @@ impl Vm {
             .into_iter()
             .map(|(start, len)| (GuestAddress(start), len as usize))
             .collect();
-        let memory =
-            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| SetupError::GuestMemory {
-                mem_mib: mem_bytes / layout::MIB,
-                reason: e.to_string(),
-            })?;
+        let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| SetupError::GuestMemory {
+            mem_mib: mem_bytes / layout::MIB,
+            reason: e.to_string(),
+        })?;
         for (slot, region) in memory.iter().enumerate() {
             let mem_region = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -271,32 +247,19 @@ impl Vm {
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(SetupError::ioctl("set the TSS address"))?;
         if irqchip {
-            fd.create_irq_chip()
-                .map_err(SetupError::ioctl("create the in-kernel irqchip"))?;
-            let pit_config = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            };
-            fd.create_pit2(pit_config)
-                .map_err(SetupError::ioctl("create the PIT"))?;
+            fd.create_irq_chip().map_err(SetupError::ioctl("create the in-kernel irqchip"))?;
+            let pit_config = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            fd.create_pit2(pit_config).map_err(SetupError::ioctl("create the PIT"))?;
         }
 
-        Ok(Vm {
-            kvm,
-            fd,
-            memory,
-            mem_bytes,
-        })
+        Ok(Vm { kvm, fd, memory, mem_bytes })
     }
 
     /// Creates vCPU number `index` (its APIC id is the same number). vCPU 0
     /// is the bootstrap processor; with the in-kernel irqchip KVM keeps the
     /// others waiting for INIT/SIPI.
     pub fn create_vcpu(&self, index: u8) -> Result<Vcpu, SetupError> {
-        let fd = self
-            .fd
-            .create_vcpu(u64::from(index))
-            .map_err(SetupError::ioctl("create a vCPU"))?;
+        let fd = self.fd.create_vcpu(u64::from(index)).map_err(SetupError::ioctl("create a vCPU"))?;
         Ok(Vcpu::new(index, fd))
     }
 

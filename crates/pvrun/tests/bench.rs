@@ -6,8 +6,8 @@ mod common;
 use std::io;
 
 use common::asm::{
-    self, bench_in, bench_out, bench_print_result, bench_region, bench_reset_expect_magic,
-    EXIT_NO_MAGIC, EXIT_NO_STATS,
+    self, bench_in, bench_out, bench_print_result, bench_region, bench_reset_expect_magic, EXIT_NO_MAGIC,
+    EXIT_NO_STATS,
 };
 use common::{have_kvm, kernel, parse_bench_lines, pvrun_kernel, skip, ElfSpec, Outcome};
 use pvrun::VmConfig;
@@ -23,9 +23,7 @@ const STATUS_NO_MAGIC: i32 = ((EXIT_NO_MAGIC as i32) << 1) | 1;
 fn stats_available(test: &str, out: &Outcome) -> bool {
     match out.code() {
         STATUS_NO_STATS => {
-            skip(&format!(
-                "KVM binary statistics unavailable (the bench marker read 0): {test}"
-            ));
+            skip(&format!("KVM binary statistics unavailable (the bench marker read 0): {test}"));
             false
         }
         STATUS_NO_MAGIC => {
@@ -115,14 +113,8 @@ fn the_marker_overhead_is_constant() {
     assert_eq!(regions.len(), 3, "{out:#?}");
     // Each empty region holds one guest instruction (`inc eax`) besides the
     // markers.
-    eprintln!(
-        "empty region (inc eax only): insn={} exits={}",
-        regions[0].0, regions[0].1
-    );
-    assert!(
-        regions.iter().all(|r| *r == regions[0]),
-        "the overhead must not vary: {regions:?}"
-    );
+    eprintln!("empty region (inc eax only): insn={} exits={}", regions[0].0, regions[0].1);
+    assert!(regions.iter().all(|r| *r == regions[0]), "the overhead must not vary: {regions:?}");
     assert!(regions[0].0 >= 1, "{regions:?}");
     assert!(out.stderr.starts_with("pvrun: stats: exits="), "{out:#?}");
 }
@@ -184,13 +176,9 @@ fn stats_line_at_the_end_of_a_run() {
     assert_eq!(out.stdout, "hi\n", "{out:#?}");
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{out:#?}");
-    let rest = lines[0]
-        .strip_prefix("pvrun: stats: ")
-        .unwrap_or_else(|| panic!("{out:#?}"));
+    let rest = lines[0].strip_prefix("pvrun: stats: ").unwrap_or_else(|| panic!("{out:#?}"));
     if let Some(why) = rest.strip_prefix("unavailable: ") {
-        skip(&format!(
-            "KVM binary statistics unavailable ({why}): stats_line_at_the_end_of_a_run"
-        ));
+        skip(&format!("KVM binary statistics unavailable ({why}): stats_line_at_the_end_of_a_run"));
         return;
     }
     let counters: Vec<(&str, u64)> = rest
@@ -202,13 +190,7 @@ fn stats_line_at_the_end_of_a_run() {
         .collect();
     let names: Vec<&str> = counters.iter().map(|(k, _)| *k).collect();
     assert_eq!(names[0], "exits", "{out:#?}");
-    let known = [
-        "exits",
-        "insn_emulation",
-        "halt_exits",
-        "io_exits",
-        "mmio_exits",
-    ];
+    let known = ["exits", "insn_emulation", "halt_exits", "io_exits", "mmio_exits"];
     assert!(names.iter().all(|n| known.contains(n)), "{out:#?}");
     let get = |name| counters.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
     // 3 serial bytes and the debug exit are 4 exits to pvrun at least. (Not
@@ -231,10 +213,7 @@ fn stats_line_comes_before_the_error_line() {
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{out:#?}");
     assert!(lines[0].starts_with("pvrun: stats: "), "{out:#?}");
-    assert!(
-        lines[1].starts_with("pvrun: error: guest did not finish"),
-        "{out:#?}"
-    );
+    assert!(lines[1].starts_with("pvrun: error: guest did not finish"), "{out:#?}");
 }
 
 #[test]
@@ -247,9 +226,7 @@ fn library_reports_the_stats() {
     assert_eq!(report.result.unwrap().status, 5);
     match report.kvm_stats.expect("a vCPU was created") {
         Ok(summary) => assert!(summary.get("exits").is_some(), "{summary:?}"),
-        Err(e) => skip(&format!(
-            "KVM binary statistics unavailable ({e}): library_reports_the_stats"
-        )),
+        Err(e) => skip(&format!("KVM binary statistics unavailable ({e}): library_reports_the_stats")),
     }
     // No VM at all: no statistics.
     let report = pvrun::run_with_stats(&VmConfig::new("/nonexistent/kernel"), Box::new(io::sink()));

@@ -91,10 +91,7 @@ fn eight_byte_pvh_note_works() {
     if !have_kvm("eight_byte_pvh_note_works") {
         return;
     }
-    let spec = ElfSpec {
-        note: PvhNote::Entry64(common::LOAD_ADDR),
-        ..ElfSpec::new(&asm::debug_exit(2))
-    };
+    let spec = ElfSpec { note: PvhNote::Entry64(common::LOAD_ADDR), ..ElfSpec::new(&asm::debug_exit(2)) };
     let out = pvrun_kernel(&kernel("note64", &spec), &[]);
     assert_eq!(out.code(), 5, "{out:#?}");
 }
@@ -152,14 +149,7 @@ fn jump_outside_ram_is_an_internal_error() {
     }
     let k = kernel("internal", &ElfSpec::new(&asm::jump_to(0xd000_0000)));
     let out = pvrun_kernel(&k, &[]);
-    out.assert_error(
-        4,
-        &[
-            "internal error",
-            "suberror 1 (emulation failure)",
-            "RIP 0xd0000000",
-        ],
-    );
+    out.assert_error(4, &["internal error", "suberror 1 (emulation failure)", "RIP 0xd0000000"]);
 }
 
 #[test]
@@ -173,10 +163,7 @@ fn int3_without_an_idt_is_a_crash() {
     let k = kernel("int3", &ElfSpec::new(&[0xcc]));
     let out = pvrun_kernel(&k, &[]);
     out.assert_error(4, &["guest crashed", "RIP 0x100000"]);
-    assert!(
-        out.stderr.contains("triple fault") || out.stderr.contains("emulation failure"),
-        "{out:#?}"
-    );
+    assert!(out.stderr.contains("triple fault") || out.stderr.contains("emulation failure"), "{out:#?}");
 }
 
 #[test]
@@ -217,17 +204,12 @@ fn vmcall_times_out() {
 #[test]
 fn missing_kernel_file() {
     let out = pvrun(&["/nonexistent/kernel.elf"]);
-    out.assert_error(
-        2,
-        &["cannot read kernel /nonexistent/kernel.elf: No such file or directory"],
-    );
+    out.assert_error(2, &["cannot read kernel /nonexistent/kernel.elf: No such file or directory"]);
 }
 
 #[test]
 fn kernel_that_is_not_an_elf() {
-    let bytes: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let k = write_file("notelf", "random.bin", &bytes);
     let out = pvrun_kernel(&k, &[]);
     out.assert_error(2, &["not an ELF", "random.bin"]);
@@ -235,20 +217,14 @@ fn kernel_that_is_not_an_elf() {
 
 #[test]
 fn kernel_without_pvh_note() {
-    let spec = ElfSpec {
-        note: PvhNote::Omit,
-        ..ElfSpec::new(&asm::debug_exit(0))
-    };
+    let spec = ElfSpec { note: PvhNote::Omit, ..ElfSpec::new(&asm::debug_exit(0)) };
     let out = pvrun_kernel(&kernel("nonote", &spec), &[]);
     out.assert_error(2, &["no PVH entry point", "XEN_ELFNOTE_PHYS32_ENTRY"]);
 }
 
 #[test]
 fn segment_outside_ram() {
-    let spec = ElfSpec {
-        paddr: 64 << 30,
-        ..ElfSpec::new(&asm::debug_exit(0))
-    };
+    let spec = ElfSpec { paddr: 64 << 30, ..ElfSpec::new(&asm::debug_exit(0)) };
     let out = pvrun_kernel(&kernel("farseg", &spec), &[]);
     out.assert_error(2, &["0x1000000000", "outside guest RAM", "128 MiB"]);
 }
@@ -353,9 +329,7 @@ fn kvm_permission_denied() {
         skip(&format!("not root, cannot switch to user nobody: {test}"));
         return;
     }
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists());
     let Some(setpriv) = setpriv else {
         skip(&format!("setpriv not installed: {test}"));
         return;
@@ -373,26 +347,15 @@ fn kvm_permission_denied() {
 
     // Probe first: is /dev/kvm actually closed to nobody here?
     let mut probe = Command::new(setpriv);
-    probe.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "test",
-        "-w",
-        "/dev/kvm",
-    ]);
+    probe.args(["--reuid=65534", "--regid=65534", "--clear-groups", "test", "-w", "/dev/kvm"]);
     let probe = common::run_cmd(probe, Duration::from_secs(10));
     if probe.status.success() {
-        skip(&format!(
-            "/dev/kvm is writable by nobody on this host: {test}"
-        ));
+        skip(&format!("/dev/kvm is writable by nobody on this host: {test}"));
         return;
     }
 
     let mut cmd = Command::new(setpriv);
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin_copy)
-        .arg(&k);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin_copy).arg(&k);
     let out = common::run_cmd(cmd, Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&dir);
     out.assert_error(6, &["permission denied", "/dev/kvm", "kvm"]);

@@ -114,20 +114,11 @@ fn cpuid_mask_clears_feature_bits() {
     // Names and numbers, repeated.
     let more = guest_features(
         &k,
-        &[
-            "--no-hypercall-probe",
-            "--cpuid-mask",
-            "pv_eoi,3",
-            "--cpuid-mask",
-            "clocksource",
-        ],
+        &["--no-hypercall-probe", "--cpuid-mask", "pv_eoi,3", "--cpuid-mask", "clocksource"],
     );
     assert_eq!(more, plain & !((1 << 6) | (1 << 3) | 1), "{more:#x}");
     // What the guest sees is what --probe-host announces.
-    assert_eq!(
-        masked,
-        probe_host_advertised(&["--no-hypercall-probe", "--cpuid-mask", "steal_time"])
-    );
+    assert_eq!(masked, probe_host_advertised(&["--no-hypercall-probe", "--cpuid-mask", "steal_time"]));
 }
 
 #[test]
@@ -170,10 +161,7 @@ fn the_hypercall_probe_decides_the_hypercall_features() {
     assert_eq!(Some(seen), report.features.unwrap().advertised());
 
     // Personality none: no probe at all, nothing advertised.
-    let config = VmConfig {
-        personality: Personality::None,
-        ..VmConfig::new(&k)
-    };
+    let config = VmConfig { personality: Personality::None, ..VmConfig::new(&k) };
     let report = pvrun::run_with_stats(&config, Box::new(io::sink()));
     let plan = report.features.unwrap();
     assert_eq!(plan.hypercalls, HypercallProbe::NotNeeded);
@@ -213,18 +201,11 @@ fn probe_host_reports_the_host() {
         assert!(has(prefix), "{prefix:?} in {}", out.stdout);
     }
     assert!(has("KVM_CAP_IRQCHIP: present"), "{}", out.stdout);
-    assert!(
-        has("KVM CPUID signature (0x40000000): \"KVMKVMKVM\""),
-        "{}",
-        out.stdout
-    );
+    assert!(has("KVM CPUID signature (0x40000000): \"KVMKVMKVM\""), "{}", out.stdout);
     // This repository's host: a guest hypercall never returns (as
     // errors.rs's vmcall_times_out shows), so the probe says so and the
     // four hypercall-based features are cleared, with the reason.
-    let probe = lines
-        .iter()
-        .find(|l| l.starts_with("hypercall probe: "))
-        .unwrap();
+    let probe = lines.iter().find(|l| l.starts_with("hypercall probe: ")).unwrap();
     assert!(
         probe.starts_with("hypercall probe: hangs: vmcall (0f 01 c1)")
             || probe.starts_with("hypercall probe: hangs: vmmcall (0f 01 d9)"),
@@ -232,55 +213,23 @@ fn probe_host_reports_the_host() {
     );
     assert!(probe.contains(" ms"), "{probe}");
     let why = "hypercall-based: guest hypercalls do not return on this host";
-    for (bit, name) in [
-        (7, "pv_unhalt"),
-        (11, "pv_send_ipi"),
-        (13, "pv_sched_yield"),
-        (16, "hc_map_gpa_range"),
-    ] {
+    for (bit, name) in
+        [(7, "pv_unhalt"), (11, "pv_send_ipi"), (13, "pv_sched_yield"), (16, "hc_map_gpa_range")]
+    {
         let want = format!("  cleared bit {bit} {name}: {why}");
-        assert!(
-            lines.iter().any(|l| l.starts_with(&want)),
-            "{want:?} in {}",
-            out.stdout
-        );
+        assert!(lines.iter().any(|l| l.starts_with(&want)), "{want:?} in {}", out.stdout);
     }
-    assert_eq!(
-        lines.iter().filter(|l| l.starts_with("  cleared ")).count(),
-        4,
-        "{}",
-        out.stdout
-    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("  cleared ")).count(), 4, "{}", out.stdout);
 
     // With a mask, --no-hypercall-probe and personality none.
-    let out = pvrun(&[
-        "--probe-host",
-        "--no-hypercall-probe",
-        "--cpuid-mask",
-        "pv_eoi",
-    ]);
+    let out = pvrun(&["--probe-host", "--no-hypercall-probe", "--cpuid-mask", "pv_eoi"]);
     assert_eq!(out.code(), 0, "{out:#?}");
-    assert!(out
-        .stdout
-        .contains("hypercall probe: skipped (--no-hypercall-probe)"));
-    assert!(out
-        .stdout
-        .contains("  cleared bit 6 pv_eoi: --cpuid-mask\n"));
-    assert!(out
-        .stdout
-        .contains("  cleared bit 7 pv_unhalt: hypercall-based: --no-hypercall-probe"));
-    let out = pvrun(&[
-        "--probe-host",
-        "--personality",
-        "none",
-        "--no-hypercall-probe",
-    ]);
+    assert!(out.stdout.contains("hypercall probe: skipped (--no-hypercall-probe)"));
+    assert!(out.stdout.contains("  cleared bit 6 pv_eoi: --cpuid-mask\n"));
+    assert!(out.stdout.contains("  cleared bit 7 pv_unhalt: hypercall-based: --no-hypercall-probe"));
+    let out = pvrun(&["--probe-host", "--personality", "none", "--no-hypercall-probe"]);
     assert!(out.stdout.contains("personality: none\n"), "{out:#?}");
-    assert!(
-        out.stdout
-            .contains("advertised features (0x40000001 EAX): none (personality none"),
-        "{out:#?}"
-    );
+    assert!(out.stdout.contains("advertised features (0x40000001 EAX): none (personality none"), "{out:#?}");
 }
 
 #[test]
@@ -296,11 +245,7 @@ fn library_probe_host() {
     if !have_kvm("library_probe_host") {
         return;
     }
-    let config = VmConfig {
-        cpuid_mask: 1 << 5,
-        hypercall_probe: false,
-        ..VmConfig::new("")
-    };
+    let config = VmConfig { cpuid_mask: 1 << 5, hypercall_probe: false, ..VmConfig::new("") };
     let probe = pvrun::probe_host(&config).unwrap();
     assert_eq!(probe.api_version, 12);
     assert_eq!(probe.caps.len(), 10);

@@ -54,10 +54,7 @@ fn run_reports_the_debug_exit_and_serial_output() {
 
 #[test]
 fn run_errors_carry_their_exit_codes() {
-    let config = VmConfig {
-        mem_mib: 8,
-        ..VmConfig::new("/nonexistent")
-    };
+    let config = VmConfig { mem_mib: 8, ..VmConfig::new("/nonexistent") };
     let err = pvrun::run(&config, Box::new(io::sink())).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert_eq!(err.exit_code(), 2);
@@ -111,16 +108,11 @@ fn application_processors_wait_for_init_sipi() {
     let kvm = pvrun::vm::open_kvm(std::path::Path::new("/dev/kvm")).unwrap();
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
     let vm = pvrun::vm::Vm::new(kvm, 16 << 20).unwrap();
-    let spec = CpuidSpec {
-        cpus: 3,
-        personality: pvrun::Personality::Kvm,
-        kvm_features_clear: 0,
-    };
+    let spec = CpuidSpec { cpus: 3, personality: pvrun::Personality::Kvm, kvm_features_clear: 0 };
     let vcpus: Vec<_> = (0..3).map(|i| vm.create_vcpu(i).unwrap()).collect();
     assert_eq!(vcpus[0].mp_state().unwrap(), KVM_MP_STATE_RUNNABLE);
     for ap in &vcpus[1..] {
-        ap.configure_ap(&vcpu_cpuid(supported.as_slice(), ap.index(), &spec))
-            .unwrap();
+        ap.configure_ap(&vcpu_cpuid(supported.as_slice(), ap.index(), &spec)).unwrap();
         assert_eq!(ap.mp_state().unwrap(), KVM_MP_STATE_UNINITIALIZED);
     }
 }

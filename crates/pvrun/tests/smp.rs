@@ -18,10 +18,7 @@ const TRAMPOLINE_OFFSET: usize = 0x800;
 /// INIT-SIPI-SIPI, then runs `bsp_after`.
 fn smp_kernel(test: &str, bsp_before: &[u8], trampoline: &[u8], bsp_after: &[u8]) -> ElfSpec {
     let mut code = bsp_before.to_vec();
-    code.extend(asm::copy_trampoline(
-        LOAD_ADDR as u32 + TRAMPOLINE_OFFSET as u32,
-        trampoline.len() as u32,
-    ));
+    code.extend(asm::copy_trampoline(LOAD_ADDR as u32 + TRAMPOLINE_OFFSET as u32, trampoline.len() as u32));
     code.extend(asm::init_sipi_sipi(1));
     code.extend_from_slice(bsp_after);
     assert!(code.len() <= TRAMPOLINE_OFFSET, "{test}: BSP code too long");
@@ -46,12 +43,7 @@ fn ap_started_with_init_sipi_sipi_reports_its_apic_id() {
     }
     let mut trampoline = asm::real_flat_ds();
     trampoline.extend(asm::real_report_apic_id());
-    let spec = smp_kernel(
-        "sipi",
-        &bsp_checks_apic_id_zero(),
-        &trampoline,
-        &asm::wait_ap_flag_and_exit(),
-    );
+    let spec = smp_kernel("sipi", &bsp_checks_apic_id_zero(), &trampoline, &asm::wait_ap_flag_and_exit());
     let out = pvrun_kernel(&kernel("sipi", &spec), &["--cpus", "2", "--timeout", "10"]);
     // The AP stored 0x10 | 1 at AP_FLAG; the BSP exited with it.
     assert_eq!(
@@ -96,10 +88,7 @@ fn serial_lines_of_two_vcpus_stay_whole() {
     ];
     bsp.extend(asm::wait_ap_flag_and_exit());
     let spec = smp_kernel("serial-smp", &[], &trampoline, &bsp);
-    let out = pvrun_kernel(
-        &kernel("serial-smp", &spec),
-        &["--cpus", "2", "--timeout", "10"],
-    );
+    let out = pvrun_kernel(&kernel("serial-smp", &spec), &["--cpus", "2", "--timeout", "10"]);
     assert_eq!(out.code(), 3, "{out:#?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     let a = "A".repeat(WIDTH.into());
@@ -127,16 +116,10 @@ fn a_crash_on_an_ap_names_the_vcpu() {
     trampoline.extend_from_slice(&(AP_FLAG as u16).to_le_bytes());
     trampoline.extend_from_slice(&[0x0f, 0x0b]);
     let spec = smp_kernel("ap-crash", &[], &trampoline, &asm::spin());
-    let out = pvrun_kernel(
-        &kernel("ap-crash", &spec),
-        &["--cpus", "2", "--timeout", "10"],
-    );
+    let out = pvrun_kernel(&kernel("ap-crash", &spec), &["--cpus", "2", "--timeout", "10"]);
     out.assert_error(4, &["guest crashed: vCPU 1: "]);
     eprintln!("AP crash: {}", out.stderr.trim_end());
-    assert!(
-        out.stderr.contains("triple fault") || out.stderr.contains("emulation failure"),
-        "{out:#?}"
-    );
+    assert!(out.stderr.contains("triple fault") || out.stderr.contains("emulation failure"), "{out:#?}");
     assert!(out.elapsed < Duration::from_secs(5), "{out:#?}");
 }
 
@@ -168,14 +151,7 @@ fn four_cpus_show_in_cpuid_and_idle_aps_are_torn_down() {
     assert_eq!((lines[0][1] >> 16) & 0xff, 1, "one CPU: {out:#?}");
     // pvrun clears HTT for one CPU, but this repository's host forces it on
     // (as it forces SSE/AVX/XSAVE bits), so the guest may see it either way.
-    eprintln!(
-        "one CPU: the guest sees HTT {}",
-        if lines[0][3] & (1 << 28) != 0 {
-            "set"
-        } else {
-            "clear"
-        }
-    );
+    eprintln!("one CPU: the guest sees HTT {}", if lines[0][3] & (1 << 28) != 0 { "set" } else { "clear" });
 }
 
 #[test]
@@ -185,13 +161,7 @@ fn a_timeout_with_waiting_aps_reports_the_bsp() {
     }
     let k = kernel("smp-spin", &ElfSpec::new(&asm::spin()));
     let out = pvrun_kernel(&k, &["--cpus", "8", "--timeout", "0.3"]);
-    out.assert_error(
-        124,
-        &[
-            "did not finish within 0.3 s",
-            "vCPU 0 stopped at RIP 0x100000",
-        ],
-    );
+    out.assert_error(124, &["did not finish within 0.3 s", "vCPU 0 stopped at RIP 0x100000"]);
     assert!(out.elapsed < Duration::from_secs(2), "{out:#?}");
 }
 
@@ -200,13 +170,7 @@ fn cpus_out_of_range_are_bad_input() {
     let k = kernel("cpus-range", &ElfSpec::new(&asm::debug_exit(0)));
     for n in ["0", "9"] {
         let out = pvrun_kernel(&k, &["--cpus", n]);
-        out.assert_error(
-            2,
-            &[
-                &format!("vCPU count {n} is out of range"),
-                "between 1 and 8",
-            ],
-        );
+        out.assert_error(2, &[&format!("vCPU count {n} is out of range"), "between 1 and 8"]);
     }
     let out = pvrun_kernel(&k, &["--cpus", "two"]);
     out.assert_error(2, &["--cpus"]);

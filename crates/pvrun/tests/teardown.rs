@@ -45,23 +45,18 @@ fn waiting_aps_are_stopped_and_joined() {
     };
     let err = pvrun::run(&config, Box::new(io::sink())).unwrap_err();
     match err {
-        Error::Timeout {
-            rip, vcpu, stuck, ..
-        } => assert_eq!((rip, vcpu, stuck), (Some(0x10_0000), 0, false)),
+        Error::Timeout { rip, vcpu, stuck, .. } => {
+            assert_eq!((rip, vcpu, stuck), (Some(0x10_0000), 0, false))
+        }
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(threads(), before, "every vCPU thread is joined");
 
     // The hypercall probe's vCPU, stuck in a hypercall on hosts where they
     // hang, is brought back too.
-    let probe = pvrun::probe::probe_hypercalls(
-        std::path::Path::new("/dev/kvm"),
-        pvrun::probe::HypercallInsn::host(),
-    );
+    let probe =
+        pvrun::probe::probe_hypercalls(std::path::Path::new("/dev/kvm"), pvrun::probe::HypercallInsn::host());
     eprintln!("hypercall probe: {probe}");
-    assert!(
-        !matches!(probe, pvrun::HypercallProbe::Hangs { stuck: true, .. }),
-        "{probe}"
-    );
+    assert!(!matches!(probe, pvrun::HypercallProbe::Hangs { stuck: true, .. }), "{probe}");
     assert_eq!(threads(), before, "the probe's vCPU thread is joined");
 }

@@ -16,11 +16,8 @@ pub struct ApicOps {
 
 impl ApicOps {
     /// The local APIC in xAPIC mode (MMIO at the base IA32_APIC_BASE names).
-    pub const NATIVE: ApicOps = ApicOps {
-        eoi: native::apic_eoi,
-        send_ipi: native::send_ipi,
-        send_ipi_mask: native::send_ipi_mask,
-    };
+    pub const NATIVE: ApicOps =
+        ApicOps { eoi: native::apic_eoi, send_ipi: native::send_ipi, send_ipi_mask: native::send_ipi_mask };
 }
 
 /// Signals the end of the current interrupt to the local APIC.

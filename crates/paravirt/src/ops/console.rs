@@ -14,9 +14,7 @@ pub struct ConsoleOps {
 
 impl ConsoleOps {
     /// COM1, a 16550 UART at port 0x3f8.
-    pub const NATIVE: ConsoleOps = ConsoleOps {
-        write: native::console_write,
-    };
+    pub const NATIVE: ConsoleOps = ConsoleOps { write: native::console_write };
 }
 
 /// Writes bytes to the early console, blocking until they are accepted.

@@ -95,12 +95,7 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     unsafe {
         pv_site!(Op::CpuCpuid; in("rdi") leaf, in("rsi") subleaf, lateout("rax") lo, lateout("rdx") hi,)
     };
-    CpuidResult {
-        eax: lo as u32,
-        ebx: (lo >> 32) as u32,
-        ecx: hi as u32,
-        edx: (hi >> 32) as u32,
-    }
+    CpuidResult { eax: lo as u32, ebx: (lo >> 32) as u32, ecx: hi as u32, edx: (hi >> 32) as u32 }
 }
 
 /// Reads an MSR.
@@ -134,9 +129,7 @@ pub unsafe fn write_msr(msr: u32, value: u64) {
 pub unsafe fn read_msr_safe(msr: u32) -> Result<u64, MsrFault> {
     let (value, faulted): (u64, u64);
     // SAFETY: forwarded to the caller.
-    unsafe {
-        pv_site!(Op::CpuReadMsrSafe; in("rdi") msr, lateout("rax") value, lateout("rdx") faulted,)
-    };
+    unsafe { pv_site!(Op::CpuReadMsrSafe; in("rdi") msr, lateout("rax") value, lateout("rdx") faulted,) };
     if faulted == 0 {
         Ok(value)
     } else {
@@ -152,9 +145,7 @@ pub unsafe fn read_msr_safe(msr: u32) -> Result<u64, MsrFault> {
 pub unsafe fn write_msr_safe(msr: u32, value: u64) -> Result<(), MsrFault> {
     let faulted: u64;
     // SAFETY: forwarded to the caller.
-    unsafe {
-        pv_site!(Op::CpuWriteMsrSafe; in("rdi") msr, in("rsi") value, lateout("rdx") faulted,)
-    };
+    unsafe { pv_site!(Op::CpuWriteMsrSafe; in("rdi") msr, in("rsi") value, lateout("rdx") faulted,) };
     if faulted == 0 {
         Ok(())
     } else {

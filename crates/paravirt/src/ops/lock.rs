@@ -32,9 +32,7 @@ impl LockOps {
 #[inline(always)]
 pub fn wait(byte: &core::sync::atomic::AtomicU8, value: u8) {
     // SAFETY: the implementation only reads the byte.
-    unsafe {
-        pv_site!(Op::LockWait; in("rdi") byte.as_ptr() as *const u8, in("rsi") u64::from(value),)
-    };
+    unsafe { pv_site!(Op::LockWait; in("rdi") byte.as_ptr() as *const u8, in("rsi") u64::from(value),) };
 }
 
 /// Wakes CPU `cpu` (APIC ID) if it waits in [`wait`].

@@ -16,10 +16,7 @@ pub struct PowerOps {
 impl PowerOps {
     /// The isa-debug-exit port (0xf4) for the status, then halt; reboot through the
     /// keyboard controller, then a triple fault.
-    pub const NATIVE: PowerOps = PowerOps {
-        shutdown: native::shutdown,
-        reboot: native::reboot,
-    };
+    pub const NATIVE: PowerOps = PowerOps { shutdown: native::shutdown, reboot: native::reboot };
 }
 
 /// Powers off with `status` (0 = success) where the platform can carry it.

@@ -35,8 +35,5 @@ pub fn start() {
 pub fn stop() -> (u64, u64) {
     out(2);
     let words = [inl(), inl(), inl(), inl()];
-    (
-        u64::from(words[0]) | (u64::from(words[1]) << 32),
-        u64::from(words[2]) | (u64::from(words[3]) << 32),
-    )
+    (u64::from(words[0]) | (u64::from(words[1]) << 32), u64::from(words[2]) | (u64::from(words[3]) << 32))
 }

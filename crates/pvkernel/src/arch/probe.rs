@@ -87,12 +87,7 @@ fn finish(r: ProbeResult) -> Result<u64, FaultInfo> {
         (false, _) => Ok(r.value),
         (true, Some(f)) => Err(f),
         // The fixup ran but nothing was recorded: report a impossible vector.
-        (true, None) => Err(FaultInfo {
-            vector: u64::MAX,
-            error: 0,
-            cr2: 0,
-            rip: 0,
-        }),
+        (true, None) => Err(FaultInfo { vector: u64::MAX, error: 0, cr2: 0, rip: 0 }),
     }
 }
 

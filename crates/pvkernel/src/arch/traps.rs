@@ -68,9 +68,9 @@ const fn has_error_code(v: usize) -> bool {
 
 /// Mnemonics of the architectural exceptions.
 pub const EXCEPTION_NAMES: [&str; 32] = [
-    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
-    "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25",
-    "#26", "#27", "#HV", "#VC", "#SX", "#31",
+    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
+    "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC",
+    "#SX", "#31",
 ];
 
 /// Each stub is padded to this size so the IDT can compute addresses.
@@ -207,11 +207,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         }
         return;
     }
-    let cr2 = if vector == 14 {
-        paravirt::mmu::read_cr2()
-    } else {
-        0
-    };
+    let cr2 = if vector == 14 { paravirt::mmu::read_cr2() } else { 0 };
     if let Some(fixup) = paravirt::extable::search(frame.rip) {
         LAST_ERROR.store(frame.error, Ordering::Relaxed);
         LAST_CR2.store(cr2, Ordering::Relaxed);

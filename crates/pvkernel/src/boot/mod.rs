@@ -73,11 +73,7 @@ impl BootInfo {
             protocol,
             version: 0,
             start_info_paddr: 0,
-            regions: [MemRegion {
-                start: 0,
-                len: 0,
-                kind: MemKind::Reserved,
-            }; MAX_REGIONS],
+            regions: [MemRegion { start: 0, len: 0, kind: MemKind::Reserved }; MAX_REGIONS],
             region_count: 0,
             regions_dropped: 0,
             cmdline: [0; MAX_CMDLINE],
@@ -126,10 +122,6 @@ impl BootInfo {
 
     /// Total usable RAM in bytes.
     pub fn ram_bytes(&self) -> u64 {
-        self.regions()
-            .iter()
-            .filter(|r| r.kind == MemKind::Ram)
-            .map(|r| r.len)
-            .sum()
+        self.regions().iter().filter(|r| r.kind == MemKind::Ram).map(|r| r.len).sum()
     }
 }

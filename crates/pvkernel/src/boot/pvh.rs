@@ -194,14 +194,8 @@ fn parse(paddr: u64) -> BootInfo {
     if info.version >= 1 && info.memmap_paddr != 0 {
         for i in 0..info.memmap_entries as usize {
             // SAFETY: the loader promises `memmap_entries` entries at `memmap_paddr`.
-            let e = unsafe {
-                core::ptr::read_unaligned((info.memmap_paddr as *const HvmMemmapEntry).add(i))
-            };
-            boot.push_region(MemRegion {
-                start: e.addr,
-                len: e.size,
-                kind: MemKind::from_e820(e.kind),
-            });
+            let e = unsafe { core::ptr::read_unaligned((info.memmap_paddr as *const HvmMemmapEntry).add(i)) };
+            boot.push_region(MemRegion { start: e.addr, len: e.size, kind: MemKind::from_e820(e.kind) });
         }
     }
     boot

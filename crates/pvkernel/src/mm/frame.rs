@@ -135,9 +135,7 @@ pub unsafe fn free(frame: u64) {
 /// Whether `frame` lies in a usable range.
 pub fn is_usable(frame: u64) -> bool {
     let a = FRAMES.lock();
-    a.ranges[..a.count]
-        .iter()
-        .any(|&(s, e)| frame >= s && frame + PAGE_SIZE <= e)
+    a.ranges[..a.count].iter().any(|&(s, e)| frame >= s && frame + PAGE_SIZE <= e)
 }
 
 /// (frames in use, usable frames in total).

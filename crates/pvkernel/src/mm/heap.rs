@@ -15,10 +15,7 @@ pub fn init() -> Result<(), &'static str> {
     let base = frame::alloc_contiguous(HEAP_FRAMES).ok_or("not enough RAM for the heap")?;
     // SAFETY: the frames are identity-mapped RAM owned by nobody else from now on,
     // and the heap is initialised exactly once.
-    unsafe {
-        HEAP.lock()
-            .init(base as *mut u8, (HEAP_FRAMES * PAGE_SIZE) as usize)
-    };
+    unsafe { HEAP.lock().init(base as *mut u8, (HEAP_FRAMES * PAGE_SIZE) as usize) };
     Ok(())
 }
 

@@ -17,17 +17,11 @@ extern "C" {
 
 /// Physical range `[start, end)` of text and read-only data (page-aligned).
 pub fn kernel_read_only() -> (u64, u64) {
-    (
-        core::ptr::addr_of!(__kernel_start) as u64,
-        core::ptr::addr_of!(__rw_start) as u64,
-    )
+    (core::ptr::addr_of!(__kernel_start) as u64, core::ptr::addr_of!(__rw_start) as u64)
 }
 
 /// Physical range `[start, end)` occupied by the kernel image.
 pub fn kernel_image() -> (u64, u64) {
     // Linker-script symbols: only their addresses are used.
-    (
-        core::ptr::addr_of!(__kernel_start) as u64,
-        core::ptr::addr_of!(__kernel_end) as u64,
-    )
+    (core::ptr::addr_of!(__kernel_start) as u64, core::ptr::addr_of!(__kernel_end) as u64)
 }

@@ -164,11 +164,7 @@ pub fn protect_kernel_text() -> Result<(), MapError> {
     let pt = frame::alloc().ok_or(MapError::OutOfFrames)?;
     for i in 0..512u64 {
         let pa = i * PAGE_SIZE;
-        let writable = if pa >= ro_start && pa < ro_end {
-            0
-        } else {
-            WRITABLE
-        };
+        let writable = if pa >= ro_start && pa < ro_end { 0 } else { WRITABLE };
         // SAFETY: `pt` is a fresh frame we own; entries are filled before it is linked.
         unsafe { mmu::set_pte(table_at(pt).add(i as usize), pa | PRESENT | writable) };
     }

@@ -19,14 +19,8 @@ use crate::mm::{frame, paging};
 use crate::{diag, ensure};
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "bench.clock_sources_and_latencies",
-        run: clock_bench,
-    },
-    Test {
-        name: "bench.patched_site_costs_the_raw_instruction",
-        run: patch_bench,
-    },
+    Test { name: "bench.clock_sources_and_latencies", run: clock_bench },
+    Test { name: "bench.patched_site_costs_the_raw_instruction", run: patch_bench },
 ];
 
 /// Cost of one form of one op over a run of iterations, loop overhead included.
@@ -41,14 +35,7 @@ struct Cost {
 /// iters, so the constant cost around a loop (register set-up, the markers)
 /// cancels and only the per-iteration cost remains. Cycles are the least of
 /// `reps` tries (the machine is noisy); counts are exact and taken once.
-fn measure(
-    op: paravirt::ops::Op,
-    form: Form,
-    iters: u64,
-    reps: u32,
-    env: &BenchEnv,
-    counted: bool,
-) -> Cost {
+fn measure(op: paravirt::ops::Op, form: Form, iters: u64, reps: u32, env: &BenchEnv, counted: bool) -> Cost {
     let mut best: Option<Cost> = None;
     for rep in 0..reps {
         let count = counted && rep == 0;
@@ -61,22 +48,13 @@ fn measure(
         };
         best = Some(match best {
             None => c,
-            Some(b) => Cost {
-                cycles: b.cycles.min(c.cycles),
-                ..b
-            },
+            Some(b) => Cost { cycles: b.cycles.min(c.cycles), ..b },
         });
     }
     best.unwrap_or_default()
 }
 
-fn measure_once(
-    op: paravirt::ops::Op,
-    form: Form,
-    iters: u64,
-    env: &BenchEnv,
-    counted: bool,
-) -> Cost {
+fn measure_once(op: paravirt::ops::Op, form: Form, iters: u64, env: &BenchEnv, counted: bool) -> Cost {
     let t0 = cpu::read_tsc();
     if counted {
         bench_port::start();
@@ -85,11 +63,7 @@ fn measure_once(
     unsafe { bench::run(op, form, iters, env) };
     let (insns, exits) = if counted { bench_port::stop() } else { (0, 0) };
     let cycles = cpu::read_tsc() - t0;
-    Cost {
-        cycles,
-        insns,
-        exits,
-    }
+    Cost { cycles, insns, exits }
 }
 
 fn patch_bench(ctx: &mut Ctx) -> TestResult {
@@ -108,11 +82,7 @@ fn patch_bench(ctx: &mut Ctx) -> TestResult {
     unsafe { paging::map(va, f, paging::WRITABLE) }.map_err(|e| alloc::format!("map: {:?}", e))?;
     let pte = paging::entry(va).ok_or(String::from("no PTE"))?;
     // SAFETY: the entry just written.
-    let env = BenchEnv {
-        pte,
-        pte_value: unsafe { pte.read_volatile() },
-        va,
-    };
+    let env = BenchEnv { pte, pte_value: unsafe { pte.read_volatile() }, va };
     let flags = irq::save_flags();
     irq::disable();
     let mut mismatches = String::new();
@@ -149,13 +119,7 @@ fn patch_bench(ctx: &mut Ctx) -> TestResult {
                 per(empty.exits)
             );
             if imp == "native-inline" && raw.insns != site.insns {
-                let _ = write!(
-                    mismatches,
-                    " {} (raw {} vs site {})",
-                    op.name(),
-                    raw.insns,
-                    site.insns
-                );
+                let _ = write!(mismatches, " {} (raw {} vs site {})", op.name(), raw.insns, site.insns);
             }
         }
         diag!("{}", line);
@@ -169,11 +133,7 @@ fn patch_bench(ctx: &mut Ctx) -> TestResult {
     if !counted {
         diag!("bench: no exact counters here (pvrun's port 0xf8 absent); cycles only");
     }
-    ensure!(
-        mismatches.is_empty(),
-        "patched sites cost more instructions than raw:{}",
-        mismatches
-    );
+    ensure!(mismatches.is_empty(), "patched sites cost more instructions than raw:{}", mismatches);
     Ok(())
 }
 
@@ -189,11 +149,7 @@ fn measure_fn(f: fn(), iters: u64, counted: bool) -> (f64, f64, f64) {
             core::hint::black_box(f)();
         }
         let (insns, exits) = if counted { bench_port::stop() } else { (0, 0) };
-        Cost {
-            cycles: cpu::read_tsc() - t0,
-            insns,
-            exits,
-        }
+        Cost { cycles: cpu::read_tsc() - t0, insns, exits }
     }
     fn empty() {}
     let slope = |f: fn()| {
@@ -209,20 +165,8 @@ fn measure_fn(f: fn(), iters: u64, counted: bool) -> (f64, f64, f64) {
     (c - c0, i - i0, e - e0)
 }
 
-fn read_clock() {
-    core::hint::black_box(paravirt::time::clock_ns());
-}
-fn read_tsc() {
-    core::hint::black_box(cpu::read_tsc());
-}
 fn read_pit() {
-    core::hint::black_box(crate::arch::pit::count());
-}
-fn read_steal() {
-    core::hint::black_box(paravirt::time::steal_clock(crate::percpu::current_id()));
-}
-fn eoi() {
-    paravirt::apic::eoi();
+    let _ = crate::arch::pit::count();
 }
 
 /// Clock sources and other per-call costs: kvmclock (or the native clock) vs raw
@@ -233,41 +177,36 @@ fn clock_bench(ctx: &mut Ctx) -> TestResult {
     let iters = 50;
     let flags = irq::save_flags();
     irq::disable();
-    let rows: [(&str, paravirt::ops::Op, fn()); 5] = [
-        ("time.clock_ns", paravirt::ops::Op::TimeClockNs, read_clock),
-        ("cpu.rdtsc", paravirt::ops::Op::CpuCpuid, read_tsc),
-        ("pit.read", paravirt::ops::Op::CpuCpuid, read_pit),
+    use paravirt::ops::Op;
+    // These ops touch no page table: the loop environment is unused.
+    let env = BenchEnv { pte: core::ptr::null_mut(), pte_value: 0, va: 0 };
+    let net = |op: Op, form: Form| {
+        let x = measure(op, form, iters, 1, &env, counted);
+        let e = measure(op, Form::Empty, iters, 1, &env, counted);
+        let per = |a: u64, b: u64| (a as f64 - b as f64) / iters as f64;
+        (per(x.cycles, e.cycles), per(x.insns, e.insns), per(x.exits, e.exits))
+    };
+    let rows = [
+        ("time.clock_ns", ctx.selection.implementation(Op::TimeClockNs), net(Op::TimeClockNs, Form::Site)),
+        ("cpu.rdtsc", "raw", net(Op::TimeClockNs, Form::Raw)),
+        ("pit.read", "raw", measure_fn(read_pit, iters, counted)),
         (
             "time.steal_clock",
-            paravirt::ops::Op::TimeStealClock,
-            read_steal,
+            ctx.selection.implementation(Op::TimeStealClock),
+            net(Op::TimeStealClock, Form::Site),
         ),
-        ("apic.eoi", paravirt::ops::Op::ApicEoi, eoi),
+        ("apic.eoi", ctx.selection.implementation(Op::ApicEoi), net(Op::ApicEoi, Form::Site)),
     ];
     let mut problems = String::new();
-    for (name, op, f) in rows {
-        let imp = if name.starts_with("time.") || name.starts_with("apic.") {
-            ctx.selection.implementation(op)
-        } else {
-            "raw"
-        };
-        let (c, i, e) = measure_fn(f, iters, counted);
+    for (name, imp, (c, i, e)) in rows {
         if counted {
-            diag!(
-                "bench {} impl={} cycles={:.1} insns={:.2} exits={:.2}",
-                name,
-                imp,
-                c,
-                i,
-                e
-            );
+            diag!("bench {} impl={} cycles={:.1} insns={:.2} exits={:.2}", name, imp, c, i, e);
             let pv = imp == "kvm";
+            // Exits per call are whole numbers; a fraction is a stray exit (a host
+            // interrupt) landing in one run of the pair.
+            let e = (e + 0.5) as u64 as f64;
             if pv && name == "time.clock_ns" && (i > 30.0 || e > 0.0) {
-                let _ = write!(
-                    problems,
-                    " kvmclock read costs {:.1} insns, {:.2} exits;",
-                    i, e
-                );
+                let _ = write!(problems, " kvmclock read costs {:.1} insns, {:.2} exits;", i, e);
             }
             if pv && name == "time.steal_clock" && e > 0.0 {
                 let _ = write!(problems, " steal-time read exits {:.2} times;", e);

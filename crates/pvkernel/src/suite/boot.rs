@@ -5,33 +5,16 @@ use crate::boot::MemKind;
 use crate::{diag, ensure};
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "boot.start_info",
-        run: start_info,
-    },
-    Test {
-        name: "boot.cmdline",
-        run: cmdline,
-    },
-    Test {
-        name: "boot.memory_map",
-        run: memory_map,
-    },
+    Test { name: "boot.start_info", run: start_info },
+    Test { name: "boot.cmdline", run: cmdline },
+    Test { name: "boot.memory_map", run: memory_map },
 ];
 
 fn start_info(ctx: &mut Ctx) -> TestResult {
     let b = ctx.boot;
-    ensure!(
-        b.error.is_none(),
-        "boot structure unusable: {}",
-        b.error.unwrap_or("")
-    );
+    ensure!(b.error.is_none(), "boot structure unusable: {}", b.error.unwrap_or(""));
     ensure!(b.start_info_paddr != 0, "no boot structure address");
-    ensure!(
-        b.version <= 1,
-        "unknown hvm_start_info version {}",
-        b.version
-    );
+    ensure!(b.version <= 1, "unknown hvm_start_info version {}", b.version);
     Ok(())
 }
 
@@ -42,10 +25,7 @@ fn cmdline(ctx: &mut Ctx) -> TestResult {
         return skip("no pvkernel.token= on the command line");
     };
     ensure!(!token.is_empty(), "pvkernel.token is empty");
-    ensure!(
-        token.bytes().all(|b| b.is_ascii_graphic()),
-        "pvkernel.token has non-printable bytes"
-    );
+    ensure!(token.bytes().all(|b| b.is_ascii_graphic()), "pvkernel.token has non-printable bytes");
     diag!("cmdline token: {}", token);
     Ok(())
 }

@@ -6,18 +6,9 @@ use super::{Ctx, Test, TestResult};
 use crate::ensure;
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "cpu.cpuid",
-        run: cpuid,
-    },
-    Test {
-        name: "cpu.msr",
-        run: msr,
-    },
-    Test {
-        name: "cpu.control_registers",
-        run: control_registers,
-    },
+    Test { name: "cpu.cpuid", run: cpuid },
+    Test { name: "cpu.msr", run: msr },
+    Test { name: "cpu.control_registers", run: control_registers },
 ];
 
 const IA32_EFER: u32 = 0xc000_0080;
@@ -33,16 +24,9 @@ fn cpuid(_: &mut Ctx) -> TestResult {
     vendor[..4].copy_from_slice(&l0.ebx.to_le_bytes());
     vendor[4..8].copy_from_slice(&l0.edx.to_le_bytes());
     vendor[8..].copy_from_slice(&l0.ecx.to_le_bytes());
-    ensure!(
-        vendor.iter().all(|b| b.is_ascii_graphic()),
-        "vendor {:?}",
-        vendor
-    );
+    ensure!(vendor.iter().all(|b| b.is_ascii_graphic()), "vendor {:?}", vendor);
     let ext = cpu::cpuid(0x8000_0001, 0);
-    ensure!(
-        ext.edx & (1 << 29) != 0,
-        "long mode bit clear in 0x80000001"
-    );
+    ensure!(ext.edx & (1 << 29) != 0, "long mode bit clear in 0x80000001");
     Ok(())
 }
 
@@ -60,18 +44,9 @@ fn msr(_: &mut Ctx) -> TestResult {
     }
     // SAFETY: in xAPIC mode this read is a #GP, which the safe variant catches.
     let missing = unsafe { cpu::read_msr_safe(X2APIC_ID) };
-    ensure!(
-        missing.is_err(),
-        "MSR {:#x} read as {:?} in xAPIC mode",
-        X2APIC_ID,
-        missing
-    );
+    ensure!(missing.is_err(), "MSR {:#x} read as {:?} in xAPIC mode", X2APIC_ID, missing);
     let fault = crate::arch::traps::last_fault();
-    ensure!(
-        fault.map(|f| f.vector) == Some(13),
-        "faulting MSR gave {:?}, want #GP",
-        fault
-    );
+    ensure!(fault.map(|f| f.vector) == Some(13), "faulting MSR gave {:?}, want #GP", fault);
     // SAFETY: a write in xAPIC mode is a #GP too, caught.
     let w = unsafe { cpu::write_msr_safe(X2APIC_ID, 1) };
     ensure!(w.is_err(), "write to MSR {:#x} succeeded", X2APIC_ID);
@@ -81,18 +56,11 @@ fn msr(_: &mut Ctx) -> TestResult {
 
 fn control_registers(_: &mut Ctx) -> TestResult {
     let cr0 = cpu::read_cr0();
-    ensure!(
-        cr0 & 0x8000_0001 == 0x8000_0001,
-        "CR0 {:#x} lacks PG|PE",
-        cr0
-    );
+    ensure!(cr0 & 0x8000_0001 == 0x8000_0001, "CR0 {:#x} lacks PG|PE", cr0);
     let cr4 = cpu::read_cr4();
     ensure!(cr4 & 0x20 != 0, "CR4 {:#x} lacks PAE", cr4);
     let root = paravirt::mmu::read_cr3() & crate::mm::paging::ADDR_MASK;
     ensure!(root != 0 && root.is_multiple_of(4096), "CR3 {:#x}", root);
-    ensure!(
-        crate::mm::paging::translate(root) == Some(root),
-        "page tables not identity-mapped"
-    );
+    ensure!(crate::mm::paging::translate(root) == Some(root), "page tables not identity-mapped");
     Ok(())
 }

@@ -7,18 +7,9 @@ use crate::arch::{apic, traps};
 use crate::ensure;
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "irq.save_restore_nesting",
-        run: save_restore_nesting,
-    },
-    Test {
-        name: "irq.safe_halt_wakes_on_timer",
-        run: safe_halt_wakes,
-    },
-    Test {
-        name: "apic.self_ipi",
-        run: self_ipi,
-    },
+    Test { name: "irq.save_restore_nesting", run: save_restore_nesting },
+    Test { name: "irq.safe_halt_wakes_on_timer", run: safe_halt_wakes },
+    Test { name: "apic.self_ipi", run: self_ipi },
 ];
 
 fn save_restore_nesting(_: &mut Ctx) -> TestResult {
@@ -33,20 +24,11 @@ fn save_restore_nesting(_: &mut Ctx) -> TestResult {
         let f = irq::save_flags();
         irq::without_interrupts(irq::save_flags) | (f & FLAGS_IF)
     });
-    ensure!(
-        inner & FLAGS_IF == 0,
-        "IF set inside nested without_interrupts"
-    );
-    ensure!(
-        irq::save_flags() & FLAGS_IF != 0,
-        "nesting did not restore IF"
-    );
+    ensure!(inner & FLAGS_IF == 0, "IF set inside nested without_interrupts");
+    ensure!(irq::save_flags() & FLAGS_IF != 0, "nesting did not restore IF");
     // SAFETY: `outer` was saved on this CPU.
     unsafe { irq::restore_flags(outer) };
-    ensure!(
-        irq::save_flags() & FLAGS_IF == 0,
-        "restore_flags did not clear IF"
-    );
+    ensure!(irq::save_flags() & FLAGS_IF == 0, "restore_flags did not clear IF");
     Ok(())
 }
 
@@ -58,12 +40,7 @@ fn safe_halt_wakes(_: &mut Ctx) -> TestResult {
     unsafe { irq::safe_halt() };
     irq::disable();
     let after = traps::irq_count(apic::TIMER_VECTOR);
-    ensure!(
-        after > before,
-        "woke without the timer interrupt ({} -> {})",
-        before,
-        after
-    );
+    ensure!(after > before, "woke without the timer interrupt ({} -> {})", before, after);
     Ok(())
 }
 
@@ -75,18 +52,12 @@ fn self_ipi(_: &mut Ctx) -> TestResult {
     // SAFETY: the IDT is loaded; the handler acknowledges the IPI.
     unsafe { irq::safe_halt() };
     irq::disable();
-    ensure!(
-        traps::irq_count(apic::TEST_IPI_VECTOR) == before + 1,
-        "self-IPI not delivered once"
-    );
+    ensure!(traps::irq_count(apic::TEST_IPI_VECTOR) == before + 1, "self-IPI not delivered once");
     let before = traps::irq_count(apic::TEST_IPI_VECTOR);
     paravirt::apic::send_ipi_mask(1 << apic::id(), u32::from(apic::TEST_IPI_VECTOR));
     // SAFETY: as above.
     unsafe { irq::safe_halt() };
     irq::disable();
-    ensure!(
-        traps::irq_count(apic::TEST_IPI_VECTOR) == before + 1,
-        "masked self-IPI not delivered"
-    );
+    ensure!(traps::irq_count(apic::TEST_IPI_VECTOR) == before + 1, "masked self-IPI not delivered");
     Ok(())
 }

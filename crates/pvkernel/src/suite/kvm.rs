@@ -7,14 +7,8 @@ use crate::arch::{apic, traps};
 use crate::{diag, ensure};
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "kvm.features_reported",
-        run: features,
-    },
-    Test {
-        name: "kvm.eoi_goes_through_the_backend",
-        run: eoi_counted,
-    },
+    Test { name: "kvm.features_reported", run: features },
+    Test { name: "kvm.eoi_goes_through_the_backend", run: eoi_counted },
 ];
 
 fn is_kvm(ctx: &Ctx) -> bool {
@@ -59,10 +53,7 @@ fn eoi_counted(ctx: &mut Ctx) -> TestResult {
     // SAFETY: the IDT is loaded; the timer handler acknowledges through apic.eoi.
     unsafe { paravirt::irq::safe_halt() };
     paravirt::irq::disable();
-    ensure!(
-        traps::irq_count(apic::TIMER_VECTOR) > ticks,
-        "no timer interrupt"
-    );
+    ensure!(traps::irq_count(apic::TIMER_VECTOR) > ticks, "no timer interrupt");
     let u1 = kvm::usage();
     let (pv, apic_eois) = (u1.eoi_pv - u0.eoi_pv, u1.eoi_apic - u0.eoi_apic);
     diag!(
@@ -72,9 +63,6 @@ fn eoi_counted(ctx: &mut Ctx) -> TestResult {
         u1.eoi_pv,
         u1.eoi_apic
     );
-    ensure!(
-        pv + apic_eois >= 1,
-        "the EOI did not go through the kvm backend"
-    );
+    ensure!(pv + apic_eois >= 1, "the EOI did not go through the kvm backend");
     Ok(())
 }

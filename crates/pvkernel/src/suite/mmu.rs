@@ -11,22 +11,10 @@ use crate::ensure;
 use crate::mm::{frame, paging, PAGE_SIZE};
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "mmu.set_pte_then_flush_one",
-        run: set_pte_flush_one,
-    },
-    Test {
-        name: "mmu.set_pte_then_flush_all_and_multi",
-        run: set_pte_flush_all,
-    },
-    Test {
-        name: "mmu.lazy_batch_equals_unbatched",
-        run: lazy_batch_equivalence,
-    },
-    Test {
-        name: "mmu.cr3_switch",
-        run: cr3_switch,
-    },
+    Test { name: "mmu.set_pte_then_flush_one", run: set_pte_flush_one },
+    Test { name: "mmu.set_pte_then_flush_all_and_multi", run: set_pte_flush_all },
+    Test { name: "mmu.lazy_batch_equals_unbatched", run: lazy_batch_equivalence },
+    Test { name: "mmu.cr3_switch", run: cr3_switch },
 ];
 
 fn frame_with(marker: u64) -> Result<u64, String> {
@@ -60,12 +48,7 @@ fn retarget(va: u64, flush: impl Fn(u64)) -> TestResult {
         frame::free(a);
         frame::free(b);
     }
-    ensure!(
-        seen == 0xbbbb,
-        "after set_pte + flush {:#x} still shows {:#x}",
-        va,
-        seen
-    );
+    ensure!(seen == 0xbbbb, "after set_pte + flush {:#x} still shows {:#x}", va, seen);
     Ok(())
 }
 
@@ -76,9 +59,7 @@ fn set_pte_flush_one(_: &mut Ctx) -> TestResult {
 fn set_pte_flush_all(_: &mut Ctx) -> TestResult {
     retarget(TEST_VA + 0x11_000, |_| mmu::flush_tlb_all())?;
     let me = 1u64 << crate::arch::apic::id();
-    retarget(TEST_VA + 0x12_000, |va| {
-        mmu::flush_tlb_multi(me, va, va + PAGE_SIZE)
-    })
+    retarget(TEST_VA + 0x12_000, |va| mmu::flush_tlb_multi(me, va, va + PAGE_SIZE))
 }
 
 const BATCH_PAGES: u64 = 32;
@@ -93,9 +74,7 @@ fn map_range(base: u64, frames: &[u64]) -> TestResult {
 }
 
 fn lazy_batch_equivalence(_: &mut Ctx) -> TestResult {
-    let frames: Vec<u64> = (0..BATCH_PAGES)
-        .map(|i| frame_with(i * 7))
-        .collect::<Result<_, _>>()?;
+    let frames: Vec<u64> = (0..BATCH_PAGES).map(|i| frame_with(i * 7)).collect::<Result<_, _>>()?;
     let plain = TEST_VA + 0x100_000;
     let batched = TEST_VA + 0x200_000;
     map_range(plain, &frames)?;
@@ -114,18 +93,8 @@ fn lazy_batch_equivalence(_: &mut Ctx) -> TestResult {
         let be = paging::entry(b).ok_or(String::from("no PTE"))?;
         // SAFETY: both are live PTEs of our test ranges.
         let (pv, bv) = unsafe { (pe.read_volatile(), be.read_volatile()) };
-        ensure!(
-            pv == bv,
-            "page {}: batched PTE {:#x} != unbatched {:#x}",
-            i,
-            bv,
-            pv
-        );
-        ensure!(
-            read(b)? == i * 7,
-            "page {} reads wrong through the batched mapping",
-            i
-        );
+        ensure!(pv == bv, "page {}: batched PTE {:#x} != unbatched {:#x}", i, bv, pv);
+        ensure!(read(b)? == i * 7, "page {} reads wrong through the batched mapping", i);
     }
     for i in 0..BATCH_PAGES {
         // SAFETY: our test mappings, unused afterwards.
@@ -148,11 +117,7 @@ fn cr3_switch(_: &mut Ctx) -> TestResult {
     let new_root = frame::alloc().ok_or(String::from("out of frames"))?;
     // SAFETY: copying the live top-level table into a fresh frame we own.
     unsafe {
-        core::ptr::copy_nonoverlapping(
-            (old & paging::ADDR_MASK) as *const u64,
-            new_root as *mut u64,
-            512,
-        )
+        core::ptr::copy_nonoverlapping((old & paging::ADDR_MASK) as *const u64, new_root as *mut u64, 512)
     };
     mmu::alloc_pt(mmu::level::P4D, new_root >> 12);
     let only_new = 0xffff_c080_0000_0000; // PML4 slot 385: empty in the kernel's space
@@ -173,12 +138,7 @@ fn cr3_switch(_: &mut Ctx) -> TestResult {
     mmu::release_pt(mmu::level::P4D, new_root >> 12);
     // SAFETY: released above and never loaded again.
     unsafe { frame::free(new_root) };
-    ensure!(
-        root_seen == new_root,
-        "cr3 reads {:#x} after writing {:#x}",
-        root_seen,
-        new_root
-    );
+    ensure!(root_seen == new_root, "cr3 reads {:#x} after writing {:#x}", root_seen, new_root);
     ensure!(seen == Ok(0x5eed), "new space shows {:?}", seen);
     ensure!(old_space_faults, "old space maps the new-only address");
     Ok(())

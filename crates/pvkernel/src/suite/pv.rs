@@ -8,22 +8,10 @@ use crate::arch::probe;
 use crate::ensure;
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "pv.every_op_has_an_implementation",
-        run: every_op_reported,
-    },
-    Test {
-        name: "pv.sites_patched",
-        run: sites_patched,
-    },
-    Test {
-        name: "pv.site_bytes",
-        run: site_bytes,
-    },
-    Test {
-        name: "pv.text_write_protected",
-        run: text_write_protected,
-    },
+    Test { name: "pv.every_op_has_an_implementation", run: every_op_reported },
+    Test { name: "pv.sites_patched", run: sites_patched },
+    Test { name: "pv.site_bytes", run: site_bytes },
+    Test { name: "pv.text_write_protected", run: text_write_protected },
 ];
 
 fn every_op_reported(ctx: &mut Ctx) -> TestResult {
@@ -36,11 +24,7 @@ fn every_op_reported(ctx: &mut Ctx) -> TestResult {
         }
     }
     if sel.decision.backend.name != "native" {
-        ensure!(
-            !sel.provided.is_empty(),
-            "backend {} provides no op",
-            sel.decision.backend.name
-        );
+        ensure!(!sel.provided.is_empty(), "backend {} provides no op", sel.decision.backend.name);
     }
     Ok(())
 }
@@ -52,26 +36,11 @@ fn sites_patched(ctx: &mut Ctx) -> TestResult {
     let sites = patch::sites();
     ensure!(!sites.is_empty(), "no call sites recorded");
     ensure!(stats.skipped == 0, "{} sites left unpatched", stats.skipped);
-    ensure!(
-        stats.inline + stats.call == sites.len(),
-        "stats {:?} for {} sites",
-        stats,
-        sites.len()
-    );
+    ensure!(stats.inline + stats.call == sites.len(), "stats {:?} for {} sites", stats, sites.len());
     ensure!(stats.inline > 0, "no site inlined");
     // Every op the kernel uses appears at some site.
-    for op in [
-        Op::IrqDisable,
-        Op::IrqSaveFlags,
-        Op::MmuSetPte,
-        Op::TimeClockNs,
-        Op::ApicEoi,
-    ] {
-        ensure!(
-            sites.iter().any(|s| s.op() == Some(op)),
-            "no site for {}",
-            op.name()
-        );
+    for op in [Op::IrqDisable, Op::IrqSaveFlags, Op::MmuSetPte, Op::TimeClockNs, Op::ApicEoi] {
+        ensure!(sites.iter().any(|s| s.op() == Some(op)), "no site for {}", op.name());
     }
     Ok(())
 }
@@ -83,13 +52,11 @@ fn site_bytes(ctx: &mut Ctx) -> TestResult {
     }
     let ops = paravirt::table::ops();
     for rec in patch::sites() {
-        let op = rec
-            .op()
-            .ok_or(alloc::format!("bad op {} in a site record", rec.op))?;
+        let op = rec.op().ok_or(alloc::format!("bad op {} in a site record", rec.op))?;
         let want = paravirt::decide_patch(op, &ctx.selection.provided, ops);
         let len = usize::from(rec.len);
-        let (bytes, n) = patch::encode(rec.address(), len, want)
-            .map_err(|e| alloc::format!("{}: {:?}", op.name(), e))?;
+        let (bytes, n) =
+            patch::encode(rec.address(), len, want).map_err(|e| alloc::format!("{}: {:?}", op.name(), e))?;
         // SAFETY: the record names `len` bytes of kernel text, which is readable.
         let have = unsafe { core::slice::from_raw_parts(rec.address() as *const u8, len) };
         ensure!(
@@ -101,11 +68,7 @@ fn site_bytes(ctx: &mut Ctx) -> TestResult {
             &bytes[..n]
         );
         if let Patch::Inline(native) = want {
-            ensure!(
-                have.ends_with(native),
-                "{}: native bytes not at the end",
-                op.name()
-            );
+            ensure!(have.ends_with(native), "{}: native bytes not at the end", op.name());
         }
     }
     Ok(())
@@ -121,11 +84,7 @@ fn text_write_protected(_: &mut Ctx) -> TestResult {
         Ok(_) => Err(alloc::format!("write to text at {:#x} succeeded", target).into()),
         Err(f) => {
             ensure!(f.vector == 14, "expected #PF, got vector {}", f.vector);
-            ensure!(
-                f.error & 3 == 3,
-                "error code {:#x} is not present|write",
-                f.error
-            );
+            ensure!(f.error & 3 == 3, "error code {:#x} is not present|write", f.error);
             Ok(())
         }
     }

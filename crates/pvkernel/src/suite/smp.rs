@@ -16,30 +16,12 @@ use crate::smp::{call, call_async};
 use crate::{ensure, percpu};
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "smp.cpus_online",
-        run: cpus_online,
-    },
-    Test {
-        name: "smp.ipi_reaches_every_cpu",
-        run: ipi_every_cpu,
-    },
-    Test {
-        name: "smp.tlb_shootdown",
-        run: tlb_shootdown,
-    },
-    Test {
-        name: "smp.kick_wakes_waiter",
-        run: kick_wakes_waiter,
-    },
-    Test {
-        name: "smp.clock_monotonic_across_cpus",
-        run: clock_across_cpus,
-    },
-    Test {
-        name: "smp.steal_time_per_cpu",
-        run: steal_per_cpu,
-    },
+    Test { name: "smp.cpus_online", run: cpus_online },
+    Test { name: "smp.ipi_reaches_every_cpu", run: ipi_every_cpu },
+    Test { name: "smp.tlb_shootdown", run: tlb_shootdown },
+    Test { name: "smp.kick_wakes_waiter", run: kick_wakes_waiter },
+    Test { name: "smp.clock_monotonic_across_cpus", run: clock_across_cpus },
+    Test { name: "smp.steal_time_per_cpu", run: steal_per_cpu },
 ];
 
 const SECOND: u64 = 1_000_000_000;
@@ -57,9 +39,7 @@ fn others() -> Vec<u32> {
 
 fn cpus_online(ctx: &mut Ctx) -> TestResult {
     let online = online_mask().count_ones();
-    match crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.cpus")
-        .and_then(|v| v.parse::<u32>().ok())
-    {
+    match crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.cpus").and_then(|v| v.parse::<u32>().ok()) {
         Some(want) => ensure!(online == want, "{} CPUs online, {} expected", online, want),
         None if online == 1 => return skip("one CPU and no pvkernel.cpus= to expect more"),
         None => {}
@@ -81,12 +61,7 @@ fn ipi_every_cpu(_: &mut Ctx) -> TestResult {
         let r = call(cpu, whoami, 0).map_err(|e| alloc::format!("CPU {}: {:?}", cpu, e))?;
         ensure!(r == u64::from(cpu), "call to CPU {} ran on CPU {}", cpu, r);
         let after = percpu::of(cpu).calls_handled.load(Ordering::Relaxed);
-        ensure!(
-            after == before + 1,
-            "CPU {} handled {} calls for one IPI",
-            cpu,
-            after - before
-        );
+        ensure!(after == before + 1, "CPU {} handled {} calls for one IPI", cpu, after - before);
     }
     Ok(())
 }
@@ -116,12 +91,7 @@ fn tlb_shootdown(_: &mut Ctx) -> TestResult {
     unsafe { paging::map(va, a, paging::WRITABLE) }.map_err(|e| alloc::format!("map: {:?}", e))?;
     for &cpu in &cpus {
         let seen = call(cpu, read_on, va).map_err(|e| alloc::format!("CPU {}: {:?}", cpu, e))?;
-        ensure!(
-            seen == 0xaaaa,
-            "CPU {} reads {:#x} before the change",
-            cpu,
-            seen
-        );
+        ensure!(seen == 0xaaaa, "CPU {} reads {:#x} before the change", cpu, seen);
     }
     let pte = paging::entry(va).ok_or(String::from("no PTE"))?;
     // SAFETY: our test mapping.
@@ -166,9 +136,7 @@ fn kick_wakes_waiter(_: &mut Ctx) -> TestResult {
     let pending = call_async(cpu, wait_for_gate, 0);
     GATE.store(1, Ordering::Release);
     lock::kick(cpu);
-    let r = pending
-        .wait(5 * SECOND)
-        .map_err(|e| alloc::format!("waiter: {:?}", e))?;
+    let r = pending.wait(5 * SECOND).map_err(|e| alloc::format!("waiter: {:?}", e))?;
     ensure!(r == 1, "the waiter on CPU {} gave up", cpu);
     Ok(())
 }
@@ -187,14 +155,7 @@ fn clock_across_cpus(_: &mut Ctx) -> TestResult {
             let t0 = time::clock_ns();
             let t1 = call(cpu, now, 0).map_err(|e| alloc::format!("CPU {}: {:?}", cpu, e))?;
             let t2 = time::clock_ns();
-            ensure!(
-                t0 <= t1 && t1 <= t2,
-                "CPU {} read {} between {} and {}",
-                cpu,
-                t1,
-                t0,
-                t2
-            );
+            ensure!(t0 <= t1 && t1 <= t2, "CPU {} read {} between {} and {}", cpu, t1, t0, t2);
         }
     }
     Ok(())
@@ -213,11 +174,7 @@ fn steal_per_cpu(_: &mut Ctx) -> TestResult {
         let a = call(cpu, steal_here, 0).map_err(|e| alloc::format!("CPU {}: {:?}", cpu, e))?;
         let b = call(cpu, steal_here, 0).map_err(|e| alloc::format!("CPU {}: {:?}", cpu, e))?;
         ensure!(b >= a, "CPU {} steal went back: {} -> {}", cpu, a, b);
-        ensure!(
-            time::steal_clock(cpu) >= b,
-            "CPU {} steal read remotely is behind",
-            cpu
-        );
+        ensure!(time::steal_clock(cpu) >= b, "CPU {} steal read remotely is behind", cpu);
     }
     Ok(())
 }

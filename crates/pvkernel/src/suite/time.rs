@@ -6,38 +6,14 @@ use super::{skip, Ctx, Test, TestResult};
 use crate::ensure;
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "time.tsc_monotonic",
-        run: tsc_monotonic,
-    },
-    Test {
-        name: "time.tsc_khz_plausible",
-        run: tsc_khz_plausible,
-    },
-    Test {
-        name: "time.clock_monotonic",
-        run: clock_monotonic,
-    },
-    Test {
-        name: "time.clock_agrees_with_tsc",
-        run: clock_agrees_with_tsc,
-    },
-    Test {
-        name: "time.sched_clock_since_boot",
-        run: sched_clock,
-    },
-    Test {
-        name: "time.wall_clock",
-        run: wall_clock,
-    },
-    Test {
-        name: "time.steal_never_decreases",
-        run: steal,
-    },
-    Test {
-        name: "time.clock_marks_for_the_host",
-        run: clock_marks,
-    },
+    Test { name: "time.tsc_monotonic", run: tsc_monotonic },
+    Test { name: "time.tsc_khz_plausible", run: tsc_khz_plausible },
+    Test { name: "time.clock_monotonic", run: clock_monotonic },
+    Test { name: "time.clock_agrees_with_tsc", run: clock_agrees_with_tsc },
+    Test { name: "time.sched_clock_since_boot", run: sched_clock },
+    Test { name: "time.wall_clock", run: wall_clock },
+    Test { name: "time.steal_never_decreases", run: steal },
+    Test { name: "time.clock_marks_for_the_host", run: clock_marks },
 ];
 
 fn tsc_monotonic(_: &mut Ctx) -> TestResult {
@@ -45,13 +21,7 @@ fn tsc_monotonic(_: &mut Ctx) -> TestResult {
     let mut prev = first;
     for i in 0..200 {
         let now = cpu::read_tsc();
-        ensure!(
-            now >= prev,
-            "TSC went back at read {}: {} -> {}",
-            i,
-            prev,
-            now
-        );
+        ensure!(now >= prev, "TSC went back at read {}: {} -> {}", i, prev, now);
         prev = now;
     }
     ensure!(prev > first, "TSC did not advance over 200 reads");
@@ -61,11 +31,7 @@ fn tsc_monotonic(_: &mut Ctx) -> TestResult {
 fn tsc_khz_plausible(_: &mut Ctx) -> TestResult {
     let khz = time::tsc_khz();
     crate::diag!("tsc_khz: {}", khz);
-    ensure!(
-        (100_000..=10_000_000).contains(&khz),
-        "tsc_khz {} outside 100 MHz..10 GHz",
-        khz
-    );
+    ensure!((100_000..=10_000_000).contains(&khz), "tsc_khz {} outside 100 MHz..10 GHz", khz);
     Ok(())
 }
 
@@ -73,13 +39,7 @@ fn clock_monotonic(_: &mut Ctx) -> TestResult {
     let mut prev = time::clock_ns();
     for i in 0..100 {
         let now = time::clock_ns();
-        ensure!(
-            now >= prev,
-            "clock went back at read {}: {} -> {}",
-            i,
-            prev,
-            now
-        );
+        ensure!(now >= prev, "clock went back at read {}: {} -> {}", i, prev, now);
         prev = now;
     }
     Ok(())
@@ -97,12 +57,7 @@ fn clock_agrees_with_tsc(_: &mut Ctx) -> TestResult {
     let by_tsc = ((t1 - t0) as u128 * 1_000_000 / khz as u128) as u64;
     let by_clock = c1 - c0;
     let diff = by_tsc.abs_diff(by_clock);
-    ensure!(
-        diff * 100 <= by_clock,
-        "clock {} ns vs TSC {} ns over the same interval",
-        by_clock,
-        by_tsc
-    );
+    ensure!(diff * 100 <= by_clock, "clock {} ns vs TSC {} ns over the same interval", by_clock, by_tsc);
     Ok(())
 }
 
@@ -110,11 +65,7 @@ fn sched_clock(_: &mut Ctx) -> TestResult {
     let a = time::sched_clock();
     let b = time::sched_clock();
     ensure!(b >= a, "sched_clock went back: {} -> {}", a, b);
-    ensure!(
-        a < 600_000_000_000,
-        "sched_clock {} ns is not time since boot",
-        a
-    );
+    ensure!(a < 600_000_000_000, "sched_clock {} ns is not time since boot", a);
     Ok(())
 }
 
@@ -128,11 +79,7 @@ fn wall_clock(_: &mut Ctx) -> TestResult {
         return skip("no wall clock on this platform");
     }
     crate::diag!("wall_clock: {}.{:09}", w.secs, w.nsecs);
-    ensure!(
-        (YEAR_2020..YEAR_2100).contains(&w.secs),
-        "wall clock {} s is not this century",
-        w.secs
-    );
+    ensure!((YEAR_2020..YEAR_2100).contains(&w.secs), "wall clock {} s is not this century", w.secs);
     ensure!(w.nsecs < 1_000_000_000, "nsecs {}", w.nsecs);
     Ok(())
 }
@@ -151,10 +98,7 @@ fn steal(_: &mut Ctx) -> TestResult {
 /// host to compare with its own clock as the lines arrive. Waits with interrupts
 /// and `sti; hlt`, never spinning. Runs where the clock is paravirtual.
 pub fn clock_marks(ctx: &mut Ctx) -> TestResult {
-    let provided = ctx
-        .selection
-        .provided
-        .contains(paravirt::ops::Op::TimeClockNs);
+    let provided = ctx.selection.provided.contains(paravirt::ops::Op::TimeClockNs);
     if !provided && crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.clockmarks").is_none() {
         return skip("native clock; pvkernel.clockmarks=1 forces the marks");
     }

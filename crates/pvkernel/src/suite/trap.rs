@@ -5,22 +5,10 @@ use crate::arch::probe;
 use crate::ensure;
 
 pub static TESTS: &[Test] = &[
-    Test {
-        name: "trap.page_fault",
-        run: page_fault,
-    },
-    Test {
-        name: "trap.invalid_opcode",
-        run: invalid_opcode,
-    },
-    Test {
-        name: "trap.general_protection",
-        run: general_protection,
-    },
-    Test {
-        name: "trap.divide_error",
-        run: divide_error,
-    },
+    Test { name: "trap.page_fault", run: page_fault },
+    Test { name: "trap.invalid_opcode", run: invalid_opcode },
+    Test { name: "trap.general_protection", run: general_protection },
+    Test { name: "trap.divide_error", run: divide_error },
 ];
 
 fn page_fault(_: &mut Ctx) -> TestResult {

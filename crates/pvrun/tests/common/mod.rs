@@ -37,11 +37,7 @@ pub struct ElfSpec {
 impl ElfSpec {
     /// A kernel at 1 MiB entered at its first byte through a 4-byte note.
     pub fn new(code: &[u8]) -> Self {
-        ElfSpec {
-            code: code.to_vec(),
-            paddr: LOAD_ADDR,
-            note: PvhNote::Entry32(LOAD_ADDR as u32),
-        }
+        ElfSpec { code: code.to_vec(), paddr: LOAD_ADDR, note: PvhNote::Entry32(LOAD_ADDR as u32) }
     }
 }
 
@@ -72,12 +68,9 @@ pub fn build_elf(spec: &ElfSpec) -> Vec<u8> {
     let mut f = vec![0u8; CODE_OFFSET];
     // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI.
     f[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
-    let put16 =
-        |f: &mut Vec<u8>, off: usize, v: u16| f[off..off + 2].copy_from_slice(&v.to_le_bytes());
-    let put32 =
-        |f: &mut Vec<u8>, off: usize, v: u32| f[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    let put64 =
-        |f: &mut Vec<u8>, off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    let put16 = |f: &mut Vec<u8>, off: usize, v: u16| f[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 = |f: &mut Vec<u8>, off: usize, v: u32| f[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 = |f: &mut Vec<u8>, off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
     put16(&mut f, 16, 2); // e_type = ET_EXEC
     put16(&mut f, 18, 62); // e_machine = EM_X86_64
     put32(&mut f, 20, 1); // e_version
@@ -305,11 +298,7 @@ pub mod asm {
         const ICR_HIGH: u32 = 0xfee0_0310;
         let dest = u32::from(apic_id) << 24;
         let mut v = Vec::new();
-        for low in [
-            0x4500,
-            0x4600 | (TRAMPOLINE >> 12),
-            0x4600 | (TRAMPOLINE >> 12),
-        ] {
+        for low in [0x4500, 0x4600 | (TRAMPOLINE >> 12), 0x4600 | (TRAMPOLINE >> 12)] {
             v.extend(store32(ICR_HIGH, dest));
             v.extend(store32(ICR_LOW, low));
         }
@@ -365,9 +354,7 @@ pub mod asm {
 /// Parses a line of space-separated hex words (as [`asm::print_cpuid`]
 /// prints them).
 pub fn parse_hex_words(line: &str) -> Vec<u32> {
-    line.split(' ')
-        .map(|w| u32::from_str_radix(w, 16).unwrap_or_else(|_| panic!("{line:?}")))
-        .collect()
+    line.split(' ').map(|w| u32::from_str_radix(w, 16).unwrap_or_else(|_| panic!("{line:?}"))).collect()
 }
 
 /// Parses the lines printed by [`asm::bench_print_result`] into
@@ -442,9 +429,7 @@ pub struct Outcome {
 impl Outcome {
     /// The exit code (panics if killed by a signal).
     pub fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("pvrun was killed by a signal: {self:?}"))
+        self.status.code().unwrap_or_else(|| panic!("pvrun was killed by a signal: {self:?}"))
     }
 
     /// Asserts the exit code and that stderr is exactly one line
@@ -454,10 +439,7 @@ impl Outcome {
         let lines: Vec<&str> = self.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "stderr must be one line; {self:#?}");
         assert!(self.stderr.ends_with('\n'), "{self:#?}");
-        assert!(
-            lines[0].starts_with("pvrun: error: "),
-            "stderr must start with 'pvrun: error: '; {self:#?}"
-        );
+        assert!(lines[0].starts_with("pvrun: error: "), "stderr must start with 'pvrun: error: '; {self:#?}");
         for w in words {
             assert!(lines[0].contains(w), "stderr must contain {w:?}; {self:#?}");
         }
@@ -473,12 +455,8 @@ pub fn pvrun_bin() -> &'static str {
 /// fails instead of hanging).
 pub fn run_cmd(mut cmd: Command, limit: Duration) -> Outcome {
     let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pvrun");
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn pvrun");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
@@ -506,12 +484,7 @@ pub fn run_cmd(mut cmd: Command, limit: Duration) -> Outcome {
         std::thread::sleep(Duration::from_millis(10));
     };
     let elapsed = start.elapsed();
-    Outcome {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-        elapsed,
-    }
+    Outcome { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap(), elapsed }
 }
 
 /// Runs `pvrun args...` with a 20 s hard limit.

@@ -124,12 +124,9 @@ pub struct KvmStealTime {
 }
 
 /// Scales a TSC delta to ns with a pvclock record's multiplier and shift.
+#[inline(always)]
 pub fn pvclock_scale(delta: u64, mul: u32, shift: i8) -> u64 {
-    let d = if shift < 0 {
-        delta >> (-shift) as u32
-    } else {
-        delta << shift as u32
-    };
+    let d = if shift < 0 { delta >> (-shift) as u32 } else { delta << shift as u32 };
     ((u128::from(d) * u128::from(mul)) >> 32) as u64
 }
 
@@ -140,10 +137,7 @@ mod tests {
     #[test]
     fn layouts_match_the_spec() {
         assert_eq!(core::mem::size_of::<PvclockVcpuTimeInfo>(), 32);
-        assert_eq!(
-            core::mem::offset_of!(PvclockVcpuTimeInfo, tsc_to_system_mul),
-            24
-        );
+        assert_eq!(core::mem::offset_of!(PvclockVcpuTimeInfo, tsc_to_system_mul), 24);
         assert_eq!(core::mem::offset_of!(PvclockVcpuTimeInfo, flags), 29);
         assert_eq!(core::mem::size_of::<PvclockWallClock>(), 12);
         assert_eq!(core::mem::size_of::<KvmStealTime>(), 64);
@@ -159,9 +153,6 @@ mod tests {
         assert_eq!(pvclock_scale(2_000, 1 << 31, 0), 1_000);
         assert_eq!(pvclock_scale(4_000, 1 << 31, -1), 1_000);
         // No overflow for large deltas.
-        assert_eq!(
-            pvclock_scale(u64::MAX >> 1, 1 << 31, 0),
-            (u64::MAX >> 1) / 2
-        );
+        assert_eq!(pvclock_scale(u64::MAX >> 1, 1 << 31, 0), (u64::MAX >> 1) / 2);
     }
 }

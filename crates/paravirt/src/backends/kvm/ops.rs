@@ -45,14 +45,7 @@ struct Shared(UnsafeCell<[PerCpu; MAX_CPUS]>);
 unsafe impl Sync for Shared {}
 
 const EMPTY: PerCpu = PerCpu {
-    steal: KvmStealTime {
-        steal: 0,
-        version: 0,
-        flags: 0,
-        preempted: 0,
-        u8_pad: [0; 3],
-        pad: [0; 11],
-    },
+    steal: KvmStealTime { steal: 0, version: 0, flags: 0, preempted: 0, u8_pad: [0; 3], pad: [0; 11] },
     time: PvclockVcpuTimeInfo {
         version: 0,
         pad0: 0,
@@ -63,11 +56,7 @@ const EMPTY: PerCpu = PerCpu {
         flags: 0,
         pad: [0; 2],
     },
-    wall: PvclockWallClock {
-        version: 0,
-        sec: 0,
-        nsec: 0,
-    },
+    wall: PvclockWallClock { version: 0, sec: 0, nsec: 0 },
     pv_eoi: 0,
 };
 
@@ -147,10 +136,7 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     ADVERTISED.store(features, Ordering::Relaxed);
     let vendor = env.cpuid.cpuid(0, 0);
     // "AuthenticAMD" / "HygonGenuine": EBX is "Auth" / "Hygo".
-    VMMCALL.store(
-        vendor.ebx == 0x6874_7541 || vendor.ebx == 0x6f67_7948,
-        Ordering::Relaxed,
-    );
+    VMMCALL.store(vendor.ebx == 0x6874_7541 || vendor.ebx == 0x6f67_7948, Ordering::Relaxed);
     let mut set = OpSet::EMPTY;
     let mut take = |op: Op| set.insert(op);
 
@@ -164,12 +150,7 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
         ops.time.sched_clock = sched_clock;
         ops.time.tsc_khz = tsc_khz;
         ops.time.wall_clock = wall_clock;
-        for op in [
-            Op::TimeClockNs,
-            Op::TimeSchedClock,
-            Op::TimeTscKhz,
-            Op::TimeWallClock,
-        ] {
+        for op in [Op::TimeClockNs, Op::TimeSchedClock, Op::TimeTscKhz, Op::TimeWallClock] {
             take(op);
         }
         mark_used(feature::CLOCKSOURCE2);
@@ -217,13 +198,7 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     if has(feature::CLOCKSOURCE2) {
         BOOT_NS.store(clock_ns(), Ordering::Relaxed);
     }
-    (
-        set,
-        AbiLine {
-            name: "kvm-pv",
-            features: Some(u64::from(features)),
-        },
-    )
+    (set, AbiLine { name: "kvm-pv", features: Some(u64::from(features)) })
 }
 
 /// Registers this CPU's kvmclock, steal-time and PV EOI records.
@@ -238,22 +213,13 @@ pub fn init_cpu(cpu: u32) {
     // SAFETY (the three `addr_of!`s): `p` points into the static array; only
     // addresses are taken.
     if has(feature::CLOCKSOURCE2) {
-        msr(
-            abi::MSR_SYSTEM_TIME_NEW,
-            unsafe { core::ptr::addr_of!((*p).time) }.cast(),
-        );
+        msr(abi::MSR_SYSTEM_TIME_NEW, unsafe { core::ptr::addr_of!((*p).time) }.cast());
     }
     if has(feature::STEAL_TIME) {
-        msr(
-            abi::MSR_STEAL_TIME,
-            unsafe { core::ptr::addr_of!((*p).steal) }.cast(),
-        );
+        msr(abi::MSR_STEAL_TIME, unsafe { core::ptr::addr_of!((*p).steal) }.cast());
     }
     if has(feature::PV_EOI) {
-        msr(
-            abi::MSR_PV_EOI_EN,
-            unsafe { core::ptr::addr_of!((*p).pv_eoi) }.cast(),
-        );
+        msr(abi::MSR_PV_EOI_EN, unsafe { core::ptr::addr_of!((*p).pv_eoi) }.cast());
     }
     if has(feature::POLL_CONTROL) {
         // SAFETY: public MSR advertised by POLL_CONTROL; 1 lets the host poll.
@@ -301,14 +267,21 @@ fn read_time_info(cpu: u32) -> PvclockVcpuTimeInfo {
 }
 
 extern "C" fn clock_ns() -> u64 {
-    let t = read_time_info(current_cpu());
-    let delta = native::read_tsc().wrapping_sub(t.tsc_timestamp);
-    let ns =
-        t.system_time
-            .wrapping_add(abi::pvclock_scale(delta, t.tsc_to_system_mul, t.tsc_shift));
-    if t.flags & abi::PVCLOCK_TSC_STABLE != 0 {
+    // With TSC_STABLE every vCPU's record gives the same time, so CPU 0's serves
+    // all (as Linux's vDSO does) and the read needs no CPU number: the hot path is
+    // two loads of the version, four of the record, rdtsc and a 64×32 multiply.
+    let (ns, stable) = pvclock_read(per_cpu(0));
+    if stable {
         return ns;
     }
+    clock_ns_per_cpu()
+}
+
+/// Without TSC_STABLE: this CPU's own record, kept monotonic across CPUs.
+#[cold]
+#[inline(never)]
+fn clock_ns_per_cpu() -> u64 {
+    let (ns, _) = pvclock_read(per_cpu(current_cpu()));
     // Not stable across CPUs: never go below what any CPU has seen (as Linux does).
     let mut last = LAST_NS.load(Ordering::Relaxed);
     loop {
@@ -320,6 +293,49 @@ extern "C" fn clock_ns() -> u64 {
             Err(l) => last = l,
         }
     }
+}
+
+/// The pvclock formula under the record's version seqlock: (ns, TSC_STABLE).
+#[inline(always)]
+fn pvclock_read(p: *mut PerCpu) -> (u64, bool) {
+    match pvclock_try(p) {
+        Some(r) => r,
+        None => pvclock_retry(p),
+    }
+}
+
+/// The record was being updated: try until it is not.
+#[cold]
+#[inline(never)]
+fn pvclock_retry(p: *mut PerCpu) -> (u64, bool) {
+    loop {
+        core::hint::spin_loop();
+        if let Some(r) = pvclock_try(p) {
+            return r;
+        }
+    }
+}
+
+/// One read of the record and the TSC; `None` if the version changed or was odd.
+#[inline(always)]
+fn pvclock_try(p: *mut PerCpu) -> Option<(u64, bool)> {
+    // SAFETY (all reads): `p` points at a static record the host writes; volatile
+    // loads, validated by the version.
+    let version = unsafe { core::ptr::addr_of!((*p).time.version).read_volatile() };
+    fence(Ordering::Acquire);
+    let stamp = unsafe { core::ptr::addr_of!((*p).time.tsc_timestamp).read_volatile() };
+    let system = unsafe { core::ptr::addr_of!((*p).time.system_time).read_volatile() };
+    let mul = unsafe { core::ptr::addr_of!((*p).time.tsc_to_system_mul).read_volatile() };
+    let shift = unsafe { core::ptr::addr_of!((*p).time.tsc_shift).read_volatile() };
+    let flags = unsafe { core::ptr::addr_of!((*p).time.flags).read_volatile() };
+    let tsc = native::read_tsc();
+    fence(Ordering::Acquire);
+    let again = unsafe { core::ptr::addr_of!((*p).time.version).read_volatile() };
+    if version != again || version & 1 != 0 {
+        return None;
+    }
+    let ns = system.wrapping_add(abi::pvclock_scale(tsc.wrapping_sub(stamp), mul, shift));
+    Some((ns, flags & abi::PVCLOCK_TSC_STABLE != 0))
 }
 
 extern "C" fn sched_clock() -> u64 {
@@ -352,10 +368,7 @@ extern "C" fn wall_clock() -> WallClock {
         }
     };
     let total = u64::from(nsec) + clock_ns();
-    WallClock {
-        secs: u64::from(sec) + total / 1_000_000_000,
-        nsecs: total % 1_000_000_000,
-    }
+    WallClock { secs: u64::from(sec) + total / 1_000_000_000, nsecs: total % 1_000_000_000 }
 }
 
 extern "C" fn steal_clock(cpu: u32) -> u64 {
@@ -441,13 +454,7 @@ extern "C" fn send_ipi_mask(cpus: u64, vector: u32) {
     }
     let min = cpus.trailing_zeros();
     let bitmap = cpus >> min;
-    let r = hypercall(
-        hc::SEND_IPI,
-        bitmap,
-        0,
-        u64::from(min),
-        ICR_FIXED | u64::from(vector & 0xff),
-    );
+    let r = hypercall(hc::SEND_IPI, bitmap, 0, u64::from(min), ICR_FIXED | u64::from(vector & 0xff));
     if r < 0 {
         native::send_ipi_mask(cpus, vector);
     }

@@ -133,6 +133,13 @@ pub unsafe fn run(op: Op, form: Form, iters: u64, env: &BenchEnv) -> bool {
             site: unsafe { cpu::write_msr(EFER, efer) }, [in("rdi") EFER, in("rsi") efer,]),
         Op::CpuWbinvd => bench_loop!(iters, form, raw: "wbinvd", site: cpu::wbinvd(), []),
         Op::CpuIoDelay => bench_loop!(iters, form, raw: "out 0x80, al", site: cpu::io_delay(), []),
+        // Not in BENCH_OPS (no native inline form): the clock against raw rdtsc,
+        // and two ops measured against the empty loop only.
+        Op::TimeClockNs => bench_loop!(iters, form, raw: "rdtsc",
+            site: { let _ = crate::time::clock_ns(); }, [lateout("rax") _, lateout("rdx") _,]),
+        Op::TimeStealClock => bench_loop!(iters, form, raw: "",
+            site: { let _ = crate::time::steal_clock(0); }, [lateout("rax") _,]),
+        Op::ApicEoi => bench_loop!(iters, form, raw: "", site: crate::apic::eoi(), []),
         _ => return false,
     }
     true

@@ -12,12 +12,7 @@ pub(crate) extern "C" fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     #[allow(unused_unsafe)]
     // SAFETY: cpuid is available on every x86_64 CPU and has no side effects.
     let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
-    CpuidResult {
-        eax: r.eax,
-        ebx: r.ebx,
-        ecx: r.ecx,
-        edx: r.edx,
-    }
+    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }
 
 pub(crate) unsafe extern "C" fn read_msr(msr: u32) -> u64 {
@@ -65,15 +60,9 @@ pub(crate) unsafe extern "C" fn read_msr_safe(msr: u32) -> MsrResult {
         )
     };
     if faulted != 0 {
-        MsrResult {
-            value: 0,
-            faulted: 1,
-        }
+        MsrResult { value: 0, faulted: 1 }
     } else {
-        MsrResult {
-            value: (u64::from(hi) << 32) | u64::from(lo),
-            faulted: 0,
-        }
+        MsrResult { value: (u64::from(hi) << 32) | u64::from(lo), faulted: 0 }
     }
 }
 
@@ -100,10 +89,7 @@ pub(crate) unsafe extern "C" fn write_msr_safe(msr: u32, value: u64) -> MsrResul
             options(nostack),
         )
     };
-    MsrResult {
-        value: 0,
-        faulted: u64::from(faulted),
-    }
+    MsrResult { value: 0, faulted: u64::from(faulted) }
 }
 
 macro_rules! read_cr {
@@ -162,9 +148,7 @@ pub(crate) extern "C" fn io_delay() {
 pub(crate) fn read_tsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc only reads the time-stamp counter.
-    unsafe {
-        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -230,17 +214,13 @@ static COM1_READY: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn outb(port: u16, v: u8) {
     // SAFETY: only used on the COM1 and debug-exit ports, which have no memory effect.
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
 }
 
 pub(crate) fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: as outb.
-    unsafe {
-        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
     v
 }
 
@@ -279,9 +259,7 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub(crate) extern "C" fn shutdown(status: u32) -> ! {
     // SAFETY: writing the debug-exit port ends the VM where the device exists and is
     // ignored elsewhere.
-    unsafe {
-        asm!("out dx, eax", in("dx") DEBUG_EXIT_PORT, in("eax") status, options(nomem, nostack))
-    };
+    unsafe { asm!("out dx, eax", in("dx") DEBUG_EXIT_PORT, in("eax") status, options(nomem, nostack)) };
     loop {
         irq_disable();
         halt();
@@ -457,15 +435,7 @@ pub(crate) extern "C" fn wall_clock() -> crate::ops::time::WallClock {
         while cmos(0x0a) & 0x80 != 0 && spins < 100_000 {
             spins += 1;
         }
-        [
-            cmos(0x00),
-            cmos(0x02),
-            cmos(0x04),
-            cmos(0x07),
-            cmos(0x08),
-            cmos(0x09),
-            cmos(0x0b),
-        ]
+        [cmos(0x00), cmos(0x02), cmos(0x04), cmos(0x07), cmos(0x08), cmos(0x09), cmos(0x0b)]
     };
     let mut r = read();
     for _ in 0..4 {
@@ -495,10 +465,7 @@ pub(crate) extern "C" fn wall_clock() -> crate::ops::time::WallClock {
     }
     let days = days_from_civil(2000 + i64::from(y), u32::from(mo), u32::from(d));
     let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s);
-    WallClock {
-        secs: secs.max(0) as u64,
-        nsecs: 0,
-    }
+    WallClock { secs: secs.max(0) as u64, nsecs: 0 }
 }
 
 // --- apic (xAPIC, MMIO) ---
