@@ -149,14 +149,24 @@ impl Platform {
     }
 
     /// The command that boots `kernel` with `cmdline`.
-    pub fn command(&self, kernel: &Path, cmdline: &str) -> Result<Command, LabError> {
+    /// `launcher_args` go to the launcher before the kernel (e.g. pvrun's
+    /// `--cpuid-mask`).
+    pub fn command(&self, kernel: &Path, cmdline: &str, launcher_args: &[&str]) -> Result<Command, LabError> {
         let mem = GUEST_MEM_MIB.to_string();
         let cpus = self.cpus.to_string();
         let cmdline = format!("{cmdline} pvkernel.cpus={cpus}");
         let cmdline = cmdline.trim();
         let cmd = match self.launcher {
-            Launcher::QemuTcg(machine) => qemu(kernel, cmdline, machine, "tcg", &mem, &cpus),
-            Launcher::QemuKvm => qemu(kernel, cmdline, "pc", "kvm", &mem, &cpus),
+            Launcher::QemuTcg(machine) => {
+                let mut c = qemu(kernel, cmdline, machine, "tcg", &mem, &cpus);
+                c.args(launcher_args);
+                c
+            }
+            Launcher::QemuKvm => {
+                let mut c = qemu(kernel, cmdline, "pc", "kvm", &mem, &cpus);
+                c.args(launcher_args);
+                c
+            }
             Launcher::Pvrun(personality) => {
                 let mut c = Command::new(build::pvrun()?);
                 c.args(["--mem", &mem, "--cpus", &cpus, "--personality", personality])
@@ -164,6 +174,7 @@ impl Platform {
                     .arg(self.timeout.as_secs().to_string())
                     .arg("--cmdline")
                     .arg(cmdline)
+                    .args(launcher_args)
                     .arg(kernel);
                 c
             }

@@ -130,7 +130,18 @@ pub fn fresh_token() -> String {
 
 /// Boots `kernel` on `platform` with `cmdline`; `echo` prints serial lines live.
 pub fn boot(platform: &Platform, kernel: &Path, cmdline: &str, echo: bool) -> Result<Boot, LabError> {
-    let mut cmd = platform.command(kernel, cmdline)?;
+    boot_with(platform, kernel, cmdline, &[], echo)
+}
+
+/// As [`boot`], with extra arguments for the launcher.
+pub fn boot_with(
+    platform: &Platform,
+    kernel: &Path,
+    cmdline: &str,
+    launcher_args: &[&str],
+    echo: bool,
+) -> Result<Boot, LabError> {
+    let mut cmd = platform.command(kernel, cmdline, launcher_args)?;
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| LabError::Launch(platform.name.to_string(), e.to_string()))?;

@@ -173,3 +173,32 @@ fn cmdline_filter_selects_tests() {
     assert_eq!(b.report.plan, Some(4), "{}", transcript(&b));
     assert!(b.report.tests.iter().all(|t| t.name.starts_with("trap.") && t.ok));
 }
+
+/// Every op stays correct with each KVM feature masked off in turn: the suite
+/// passes and the ops that feature served fall back to native.
+#[test]
+fn kvm_features_masked_one_at_a_time() {
+    let Some(p) = available("pvrun-kvm") else { return };
+    let kernel = pvlab::build::kernel().expect("kernel builds");
+    let cases: &[(&str, &[&str])] = &[
+        ("nop_io_delay", &["op cpu.io_delay -> native-inline"]),
+        ("clocksource2", &["op time.clock_ns -> native", "op time.wall_clock -> native"]),
+        ("steal_time", &["op time.steal_clock -> native", "op mmu.flush_tlb_multi -> native"]),
+        ("pv_eoi", &["op apic.eoi -> native"]),
+        ("pv_tlb_flush", &["op mmu.flush_tlb_multi -> native"]),
+        ("poll_control", &["kvm feature poll_control: absent"]),
+    ];
+    for (feature, expect) in cases {
+        let b = run::boot_with(p, &kernel, "pvkernel.tests=", &["--cpuid-mask", feature], false)
+            .expect("pvrun launches");
+        assert!(b.report.is_success(), "--cpuid-mask {feature}: {:?}\n{}", b.report.problems(), transcript(&b));
+        for line in *expect {
+            assert!(
+                b.report.diagnostics.iter().any(|d| d == line),
+                "--cpuid-mask {feature}: no `# {line}`\n{}",
+                transcript(&b)
+            );
+        }
+        assert_eq!(b.report.platform_field("backend").as_deref(), Some("kvm"));
+    }
+}
