@@ -429,6 +429,10 @@ pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 pub(crate) extern "C" fn wall_clock() -> crate::ops::time::WallClock {
     use crate::ops::time::WallClock;
+    // No RTC answers all-ones (status A can never be 0xff on a real one).
+    if cmos(0x0a) == 0xff {
+        return WallClock::default();
+    }
     // Wait for the end of an update cycle, then read twice until stable.
     let read = || {
         let mut spins = 0;
