@@ -191,7 +191,12 @@ fn kvm_features_masked_one_at_a_time() {
     for (feature, expect) in cases {
         let b = run::boot_with(p, &kernel, "pvkernel.tests=", &["--cpuid-mask", feature], false)
             .expect("pvrun launches");
-        assert!(b.report.is_success(), "--cpuid-mask {feature}: {:?}\n{}", b.report.problems(), transcript(&b));
+        assert!(
+            b.report.is_success(),
+            "--cpuid-mask {feature}: {:?}\n{}",
+            b.report.problems(),
+            transcript(&b)
+        );
         for line in *expect {
             assert!(
                 b.report.diagnostics.iter().any(|d| d == line),
