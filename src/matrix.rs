@@ -89,6 +89,13 @@ pub fn render(rows: &[Row]) -> String {
         }
     }
     for r in rows {
+        if let Some(d) = r.boot.as_ref().and_then(Boot::clock_drift) {
+            s.push_str(&format!(
+                "  {}: guest clock vs host: {:+.4} % over the clock marks\n",
+                r.platform.name,
+                d * 100.0
+            ));
+        }
         match &r.verdict {
             Verdict::Failed(problems) => {
                 for p in problems {

@@ -104,20 +104,29 @@ impl Boot {
 pub const MAX_CLOCK_DRIFT: f64 = 0.001;
 
 impl Boot {
-    /// Relative difference of the guest's clock against the host's between the two
-    /// `# clock mark <i> <ns>` lines, timed by their arrival here.
+    /// Relative rate difference of the guest's clock against the host's, from
+    /// the `# clock mark <i> <ns>` lines and their arrival times here. The marks
+    /// come in two clusters; the offset host − guest of the least delayed line of
+    /// each cluster (delays only ever add) gives the drift over the interval.
     pub fn clock_drift(&self) -> Option<f64> {
-        let mark = |i: &str| {
-            self.lines.iter().find_map(|l| {
+        let marks: Vec<(u64, f64)> = self
+            .lines
+            .iter()
+            .filter_map(|l| {
                 let rest = l.text.strip_prefix("# clock mark ")?;
-                let (idx, ns) = rest.split_once(' ')?;
-                (idx == i).then(|| ns.trim().parse::<u64>().ok().map(|ns| (ns, l.at)))?
+                let (_, ns) = rest.split_once(' ')?;
+                let guest = ns.trim().parse::<u64>().ok()?;
+                Some((guest, l.at.as_nanos() as f64 - guest as f64))
             })
-        };
-        let ((g0, h0), (g1, h1)) = (mark("0")?, mark("1")?);
-        let guest = g1.checked_sub(g0)? as f64;
-        let host = (h1 - h0).as_nanos() as f64;
-        (host > 0.0).then(|| (guest - host) / host)
+            .collect();
+        if marks.len() < 2 {
+            return None;
+        }
+        let (first, second) = marks.split_at(marks.len() / 2);
+        let best = |c: &[(u64, f64)]| c.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1));
+        let ((g0, o0), (g1, o1)) = (best(first)?, best(second)?);
+        let span = g1.checked_sub(g0)? as f64;
+        (span > 0.0).then(|| -(o1 - o0) / span)
     }
 }
 
@@ -210,4 +219,60 @@ fn take_line(l: TimedLine, lines: &mut Vec<TimedLine>, report: &mut TapReport, e
     }
     report.feed(&l.text);
     lines.push(l);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot_with_lines(lines: &[(u64, String)]) -> Boot {
+        Boot {
+            platform: "test",
+            cmdline: String::new(),
+            status: Some(1),
+            timed_out: false,
+            first_tap_line: None,
+            total: Duration::ZERO,
+            lines: lines
+                .iter()
+                .map(|(at, text)| TimedLine { at: Duration::from_nanos(*at), text: text.clone() })
+                .collect(),
+            stderr: String::new(),
+            report: TapReport::default(),
+        }
+    }
+
+    /// Marks of a guest clock running `rate` times the host's, each line delayed
+    /// by `delays[i]` ns on its way to the host.
+    fn marks(rate: f64, delays: &[u64]) -> Vec<(u64, String)> {
+        let host_times = [0u64, 30, 60, 90, 1200, 1230, 1260, 1290].map(|ms| 1_000_000_000 + ms * 1_000_000);
+        host_times
+            .iter()
+            .zip(delays)
+            .enumerate()
+            .map(|(i, (&h, &d))| {
+                let guest = ((h - 1_000_000_000) as f64 * rate) as u64 + 5_000;
+                (h + d, format!("# clock mark {i} {guest}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drift_ignores_delayed_lines() {
+        // Exact clock, but some lines held up by several ms (a busy host).
+        let b = boot_with_lines(&marks(
+            1.0,
+            &[3_000_000, 200_000, 8_000_000, 250_000, 150_000, 5_000_000, 900_000, 4_000_000],
+        ));
+        let d = b.clock_drift().unwrap();
+        assert!(d.abs() < 0.0001, "drift {d}");
+    }
+
+    #[test]
+    fn drift_measures_a_slow_guest() {
+        let b = boot_with_lines(&marks(0.998, &[100_000; 8]));
+        let d = b.clock_drift().unwrap();
+        assert!((d + 0.002).abs() < 0.0002, "drift {d}");
+        assert!(boot_with_lines(&[]).clock_drift().is_none());
+    }
 }

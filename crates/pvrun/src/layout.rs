@@ -89,42 +89,18 @@ pub const KBD_CONTROLLER_PORT: u16 = 0x64;
 pub const KBD_RESET_COMMAND: u8 = 0xfe;
 /// QEMU `isa-debug-exit` port: an `out` of value `v` ends the run and pvrun
 /// exits with status `(v << 1) | 1`.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-/// Bench-marker port: lets the guest count the instructions KVM emulated
-/// and the VM exits it took for a region of its code, from KVM's per-vCPU
-/// binary statistics (`insn_emulation` and `exits`). An ABI shared with the
-/// guest kernel (pvkernel); every access is 32 bits (`out 0xf8, eax` /
-/// `in eax, 0xf8`):
-///
-/// | guest does | effect |
-/// | --- | --- |
-/// | `out` [`BENCH_RESET`] (0) | forget any START and pending result; the next `in` returns [`BENCH_MAGIC`] if statistics are available, else 0 |
-/// | `out` [`BENCH_START`] (1) | snapshot this vCPU's `insn_emulation` and `exits` |
-/// | `out` [`BENCH_STOP`] (2) | snapshot again; the deltas since START become the pending result (replacing any unread one) |
-/// | `in` after STOP | four reads: insn delta low 32 bits, insn delta high, exits delta low, exits delta high |
-/// | `in` with nothing pending | 0xffffffff |
-///
-/// A port no VMM handles reads 0xffffffff, so after RESET the guest tells
-/// "pvrun with statistics" (magic) from "pvrun without" (0) from "not pvrun"
-/// (0xffffffff). Snapshots are taken at the exit of the `out` itself,
-/// before the guest is re-entered, so the cost of the markers is a constant
-/// the guest measures with an empty region and subtracts. STOP without a
-/// START, other values, and accesses that are not 32 bits are ignored
-/// (reads of another size return all-ones and consume nothing) and counted
-/// in `DeviceStats::bench_garbage`. If the counters cannot be read at START
-/// or STOP, STOP leaves nothing pending. Each vCPU has its own marker state.
-/// Not 0xf5: QEMU's isa-debug-exit is usually mapped with `iosize=4`, covering
-/// 0xf4..=0xf7, and the same kernel runs there.
-pub const BENCH_MARKER_PORT: u16 = 0xf8;
-/// Bench-marker command: reset, then read the magic.
-pub const BENCH_RESET: u32 = 0;
-/// Bench-marker command: start a measured region.
-pub const BENCH_START: u32 = 1;
-/// Bench-marker command: end a measured region; four reads follow.
-pub const BENCH_STOP: u32 = 2;
-/// What the first read after RESET returns when statistics are available:
-/// "pvbm" in little-endian byte order.
-pub const BENCH_MAGIC: u32 = 0x6d62_7670;
+pub use pvabi::bench::DEBUG_EXIT_PORT;
+/// Bench-marker port and its commands: an ABI shared with the guest kernel,
+/// documented in [`pvabi::bench`]. pvrun takes each snapshot at the exit of the
+/// `out` itself, before the guest is re-entered, so the markers cost a constant
+/// the guest measures with an empty region. Garbage (other values, other access
+/// sizes, STOP without START) is ignored and counted in
+/// `DeviceStats::bench_garbage`; if the counters cannot be read, STOP leaves
+/// nothing pending.
+pub use pvabi::bench::{
+    MAGIC as BENCH_MAGIC, PORT as BENCH_MARKER_PORT, RESET as BENCH_RESET, START as BENCH_START,
+    STOP as BENCH_STOP,
+};
 
 /// The regions of guest RAM for a guest of `mem_bytes` bytes, as
 /// `(start GPA, length)` pairs sorted by address: one region if the RAM fits

@@ -13,97 +13,17 @@
 //!   sizes are fixed (56 and 24 bytes), which the `const` assertions below
 //!   check.
 
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout;
 
-/// `XEN_HVM_START_MAGIC_VALUE`: the value of [`HvmStartInfo::magic`].
-pub const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+pub use pvabi::pvh::{
+    HvmMemmapTableEntry, HvmStartInfo, XEN_ELFNOTE_PHYS32_ENTRY, XEN_HVM_MEMMAP_TYPE_RAM,
+    XEN_HVM_MEMMAP_TYPE_RESERVED, XEN_HVM_START_MAGIC_VALUE,
+};
+
 /// The version of `hvm_start_info` pvrun writes (1: has a memory map).
 pub const HVM_START_INFO_VERSION: u32 = 1;
-/// `XEN_HVM_MEMMAP_TYPE_RAM`: usable RAM.
-pub const XEN_HVM_MEMMAP_TYPE_RAM: u32 = 1;
-/// `XEN_HVM_MEMMAP_TYPE_RESERVED`: reserved, not usable by the OS.
-pub const XEN_HVM_MEMMAP_TYPE_RESERVED: u32 = 2;
-/// `XEN_ELFNOTE_PHYS32_ENTRY`: the ELF note type that carries the 32-bit
-/// physical PVH entry point (note name `"Xen"`).
-pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-
-/// `struct hvm_start_info` (start_info.h), version 1.
-///
-/// ```c
-/// struct hvm_start_info {
-///     uint32_t magic;          /* 0x336ec578 */
-///     uint32_t version;        /* 1 */
-///     uint32_t flags;          /* SIF_xxx flags */
-///     uint32_t nr_modules;
-///     uint64_t modlist_paddr;
-///     uint64_t cmdline_paddr;
-///     uint64_t rsdp_paddr;
-///     /* version 1 and newer: */
-///     uint64_t memmap_paddr;
-///     uint32_t memmap_entries;
-///     uint32_t reserved;       /* must be zero */
-/// };
-/// ```
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HvmStartInfo {
-    /// Must be [`XEN_HVM_START_MAGIC_VALUE`].
-    pub magic: u32,
-    /// Version of this structure (1).
-    pub version: u32,
-    /// `SIF_xxx` flags (none used).
-    pub flags: u32,
-    /// Number of modules passed to the kernel (0).
-    pub nr_modules: u32,
-    /// Physical address of the module list (0: none).
-    pub modlist_paddr: u64,
-    /// Physical address of the NUL-terminated command line.
-    pub cmdline_paddr: u64,
-    /// Physical address of the ACPI RSDP (0: no ACPI).
-    pub rsdp_paddr: u64,
-    /// Physical address of the memory map.
-    pub memmap_paddr: u64,
-    /// Number of entries in the memory map.
-    pub memmap_entries: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
-
-/// `struct hvm_memmap_table_entry` (start_info.h): one memory map entry.
-///
-/// ```c
-/// struct hvm_memmap_table_entry {
-///     uint64_t addr;      /* Base address of the memory region */
-///     uint64_t size;      /* Size of the memory region in bytes */
-///     uint32_t type;      /* XEN_HVM_MEMMAP_TYPE_xxx */
-///     uint32_t reserved;  /* Must be zero for Version 1. */
-/// };
-/// ```
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HvmMemmapTableEntry {
-    /// Base physical address of the region.
-    pub addr: u64,
-    /// Size of the region in bytes.
-    pub size: u64,
-    /// `XEN_HVM_MEMMAP_TYPE_*`.
-    pub type_: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<HvmStartInfo>() == 56);
-const _: () = assert!(std::mem::size_of::<HvmMemmapTableEntry>() == 24);
-
-// SAFETY: `HvmStartInfo` is `repr(C)`, made only of integers, and has no
-// padding (56 bytes = 4*4 + 4*8 + 2*4, checked above), so every byte pattern
-// is a valid value and reading it as bytes exposes no uninitialised memory.
-unsafe impl ByteValued for HvmStartInfo {}
-// SAFETY: `HvmMemmapTableEntry` is `repr(C)`, made only of integers, and has
-// no padding (24 bytes = 2*8 + 2*4, checked above).
-unsafe impl ByteValued for HvmMemmapTableEntry {}
 
 /// Why the boot information could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +109,7 @@ pub fn write_boot_info(
     }
     let mut addr = layout::MEMMAP_START;
     for entry in &entries {
-        mem.write_obj(*entry, GuestAddress(addr)).map_err(write_err("the memory map", addr))?;
+        mem.write_slice(entry.as_bytes(), GuestAddress(addr)).map_err(write_err("the memory map", addr))?;
         addr += std::mem::size_of::<HvmMemmapTableEntry>() as u64;
     }
 
@@ -202,7 +122,7 @@ pub fn write_boot_info(
         memmap_entries: entries.len() as u32,
         ..Default::default()
     };
-    mem.write_obj(start_info, GuestAddress(layout::PVH_INFO_START))
+    mem.write_slice(start_info.as_bytes(), GuestAddress(layout::PVH_INFO_START))
         .map_err(write_err("hvm_start_info", layout::PVH_INFO_START))?;
     Ok(GuestAddress(layout::PVH_INFO_START))
 }

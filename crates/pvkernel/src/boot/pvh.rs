@@ -7,48 +7,7 @@
 
 use super::{BootInfo, MemKind, MemRegion};
 
-/// `XEN_HVM_START_MAGIC_VALUE`.
-pub const START_MAGIC: u32 = 0x336e_c578;
-
-/// `struct hvm_start_info` (start_info.h), versions 0 and 1.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct HvmStartInfo {
-    /// Must be [`START_MAGIC`].
-    pub magic: u32,
-    /// 0: no memory map fields; 1: `memmap_paddr`/`memmap_entries` valid.
-    pub version: u32,
-    /// SIF_xxx flags.
-    pub flags: u32,
-    /// Number of modules.
-    pub nr_modules: u32,
-    /// Physical address of the module list.
-    pub modlist_paddr: u64,
-    /// Physical address of the NUL-terminated command line.
-    pub cmdline_paddr: u64,
-    /// Physical address of the ACPI RSDP.
-    pub rsdp_paddr: u64,
-    /// Physical address of the memory map (version ≥ 1).
-    pub memmap_paddr: u64,
-    /// Number of memory map entries (version ≥ 1).
-    pub memmap_entries: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
-
-/// `struct hvm_memmap_table_entry` (start_info.h).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct HvmMemmapEntry {
-    /// Start of the range.
-    pub addr: u64,
-    /// Length of the range in bytes.
-    pub size: u64,
-    /// `XEN_HVM_MEMMAP_TYPE_*` (same numbering as E820).
-    pub kind: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
+use pvabi::pvh::{HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_START_MAGIC_VALUE};
 
 core::arch::global_asm!(
     r#"
@@ -56,7 +15,7 @@ core::arch::global_asm!(
     .balign 4
     .long 4           /* namesz: "Xen\0" */
     .long 8           /* descsz */
-    .long 18          /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .long {phys32_entry} /* XEN_ELFNOTE_PHYS32_ENTRY */
     .asciz "Xen"
     .balign 4
     .quad pvh_start32
@@ -166,6 +125,7 @@ boot_stack_top:
     .text
     "#,
     entry = sym pvh_entry,
+    phys32_entry = const pvabi::pvh::XEN_ELFNOTE_PHYS32_ENTRY,
 );
 
 /// Rust side of the PVH entry: convert `hvm_start_info` into [`BootInfo`].
@@ -181,7 +141,7 @@ fn parse(paddr: u64) -> BootInfo {
     // SAFETY: the PVH loader passed this address in ebx; the first 4 GiB are
     // identity-mapped, and the structure is read-only to us.
     let info = unsafe { core::ptr::read_unaligned(paddr as *const HvmStartInfo) };
-    if info.magic != START_MAGIC {
+    if info.magic != XEN_HVM_START_MAGIC_VALUE {
         boot.error = Some("hvm_start_info magic mismatch");
         return boot;
     }
@@ -194,8 +154,10 @@ fn parse(paddr: u64) -> BootInfo {
     if info.version >= 1 && info.memmap_paddr != 0 {
         for i in 0..info.memmap_entries as usize {
             // SAFETY: the loader promises `memmap_entries` entries at `memmap_paddr`.
-            let e = unsafe { core::ptr::read_unaligned((info.memmap_paddr as *const HvmMemmapEntry).add(i)) };
-            boot.push_region(MemRegion { start: e.addr, len: e.size, kind: MemKind::from_e820(e.kind) });
+            let e = unsafe {
+                core::ptr::read_unaligned((info.memmap_paddr as *const HvmMemmapTableEntry).add(i))
+            };
+            boot.push_region(MemRegion { start: e.addr, len: e.size, kind: MemKind::from_e820(e.type_) });
         }
     }
     boot

@@ -1,0 +1,8 @@
+//! ABI definitions shared by the VMM (`pvrun`) and the kernel (`pvkernel`): the
+//! public PVH boot structures, and the project's own bench-marker port protocol.
+//! `no_std`, no dependencies: plain `repr(C)` structs and constants.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod pvh;
