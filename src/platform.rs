@@ -101,7 +101,7 @@ pub const ALL: &[Platform] = &[
         launcher: Launcher::QemuKvm,
         expect_platform: "kvm",
         expect_backend: "kvm",
-        cpus: 1,
+        cpus: 2,
         timeout: Duration::from_secs(120),
     },
 ];
