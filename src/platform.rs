@@ -33,6 +33,8 @@ pub struct Platform {
     pub expect_backend: &'static str,
     /// vCPUs to give the guest (the kernel is told to expect them).
     pub cpus: u32,
+    /// Extra launcher arguments.
+    pub extra_args: &'static [&'static str],
     /// Watchdog for one boot.
     #[serde(skip)]
     pub timeout: Duration,
@@ -46,6 +48,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
+        extra_args: &[],
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -54,6 +57,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
+        extra_args: &[],
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -62,6 +66,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
+        extra_args: &[],
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -70,6 +75,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 2,
+        extra_args: &[],
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -78,6 +84,17 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 4,
+        extra_args: &[],
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-tcg-icount",
+        launcher: Launcher::QemuTcg("microvm"),
+        expect_platform: "tcg",
+        expect_backend: "native",
+        cpus: 1,
+        // Virtual time counts instructions: cycles become deterministic.
+        extra_args: &["-icount", "shift=0"],
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -86,6 +103,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "kvm",
         expect_backend: "kvm",
         cpus: 2,
+        extra_args: &[],
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -94,6 +112,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "bare",
         expect_backend: "native",
         cpus: 2,
+        extra_args: &[],
         timeout: Duration::from_secs(60),
     },
     Platform {
@@ -102,6 +121,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "kvm",
         expect_backend: "kvm",
         cpus: 2,
+        extra_args: &[],
         timeout: Duration::from_secs(120),
     },
 ];
@@ -159,17 +179,18 @@ impl Platform {
         let cmd = match self.launcher {
             Launcher::QemuTcg(machine) => {
                 let mut c = qemu(kernel, cmdline, machine, "tcg", &mem, &cpus);
-                c.args(launcher_args);
+                c.args(self.extra_args).args(launcher_args);
                 c
             }
             Launcher::QemuKvm => {
                 let mut c = qemu(kernel, cmdline, "pc", "kvm", &mem, &cpus);
-                c.args(launcher_args);
+                c.args(self.extra_args).args(launcher_args);
                 c
             }
             Launcher::Pvrun(personality) => {
                 let mut c = Command::new(build::pvrun()?);
                 c.args(["--mem", &mem, "--cpus", &cpus, "--personality", personality])
+                    .args(self.extra_args)
                     .arg("--timeout")
                     .arg(self.timeout.as_secs().to_string())
                     .arg("--cmdline")

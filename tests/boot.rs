@@ -75,6 +75,11 @@ fn qemu_tcg_microvm() {
 }
 
 #[test]
+fn qemu_tcg_icount() {
+    full_suite("qemu-tcg-icount");
+}
+
+#[test]
 fn qemu_tcg_smp2() {
     full_suite("qemu-tcg-smp2");
 }
