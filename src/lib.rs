@@ -23,6 +23,9 @@ pub enum LabError {
     /// Building the kernel or a tool failed.
     #[error("build failed: {0}")]
     Build(String),
+    /// The kernel given with `--kernel` cannot be used.
+    #[error("kernel {0}: {1}")]
+    Kernel(String, String),
     /// A platform name nobody knows.
     #[error("unknown platform `{0}` (known: {1})")]
     UnknownPlatform(String, String),

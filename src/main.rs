@@ -113,7 +113,11 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
 
 fn kernel_path(given: Option<PathBuf>) -> Result<PathBuf, pvlab::LabError> {
     match given {
-        Some(k) => Ok(k),
+        Some(k) => match std::fs::metadata(&k) {
+            Ok(m) if m.is_file() => Ok(k),
+            Ok(_) => Err(pvlab::LabError::Kernel(k.display().to_string(), "not a file".into())),
+            Err(e) => Err(pvlab::LabError::Kernel(k.display().to_string(), e.to_string())),
+        },
         None => {
             eprintln!("pvlab: building pvkernel…");
             build::kernel()
