@@ -155,6 +155,30 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
     Selection { decision, provided, abi, patched }
 }
 
+/// A physical memory range as a hypervisor reports it (E820 types: 1 = RAM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryRange {
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// E820 type.
+    pub kind: u32,
+}
+
+/// The memory map from the selected backend, for boot protocols that carry none
+/// (Xen's PVH dom0 gets hvm_start_info version 0). Returns the number of ranges
+/// written; 0 when the backend has none. After [`init`].
+pub fn memory_map(out: &mut [MemoryRange]) -> usize {
+    let b = SELECTED.load(Ordering::Acquire);
+    if b == 0 {
+        return 0;
+    }
+    // SAFETY: `init` stored a pointer to an entry of the static BACKENDS table.
+    let backend = unsafe { &*(b as *const select::Backend) };
+    (backend.memory_map)(out)
+}
+
 /// Sets up the selected backend's per-CPU state (kvmclock, steal time, ...) on a
 /// secondary CPU. Once per CPU, on that CPU, before it calls any op other than the
 /// cpu and irq groups; safe before the heap exists.

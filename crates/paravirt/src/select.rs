@@ -133,6 +133,9 @@ pub struct Backend {
     pub install: fn(&InitEnv, &mut PvOps) -> (OpSet, AbiLine),
     /// Per-CPU set-up on a secondary CPU (the boot CPU's is part of `install`).
     pub init_cpu: fn(u32),
+    /// The physical memory map, for boot protocols that carry none; returns the
+    /// number of ranges written (0: the backend has no map to offer).
+    pub memory_map: fn(&mut [crate::MemoryRange]) -> usize,
 }
 
 /// A short description of the ABI a backend found (`kvm-pv features=0x...`).
@@ -302,8 +305,20 @@ pub(crate) mod tests {
         let probe = Probe::scan(&t);
         let bases: std::vec::Vec<u32> = probe.leaves().map(|l| l.base).collect();
         assert_eq!(bases, [0x4000_0000, 0x4000_0200]);
-        // No Xen backend in the table yet: KVM wins over native.
-        assert_eq!(pick(&t, None).0, "kvm");
+        // Both known: the higher priority (Xen) wins, and pv= can pick KVM.
+        assert_eq!(pick(&t, None).0, "xen");
+        assert_eq!(pick(&t, Some("kvm")), ("kvm", None));
+    }
+
+    #[test]
+    fn xen_is_found_behind_viridian() {
+        let t = FakeCpuid::bare().with_hv(0x4000_0000, HYPERV, 0x4000_0005).with_hv(
+            0x4000_0100,
+            XEN,
+            0x4000_0105,
+        );
+        assert_eq!(Probe::scan(&t).find(XEN).map(|l| l.base), Some(0x4000_0100));
+        assert_eq!(pick(&t, None).0, "xen");
     }
 
     #[test]

@@ -26,20 +26,34 @@ use boot::BootInfo;
 pub use paravirt::select::cmdline_value;
 
 /// Entered from a boot protocol with everything it told us.
-pub fn kernel_main(boot: BootInfo) -> ! {
-    tap::line(format_args!("TAP version 14"));
+pub fn kernel_main(mut boot: BootInfo) -> ! {
     let bsp = arch::apic::id();
     percpu::init_this_cpu(bsp);
     arch::gdt::init(bsp);
     arch::traps::init();
+    let cmdline = boot.take_cmdline();
     // SAFETY: one CPU, interrupts off, no op in flight; the kernel is identity-mapped.
     let selection = unsafe {
         paravirt::init(&paravirt::InitParams {
-            cmdline: boot.cmdline(),
+            cmdline,
             virt_to_phys: |v| v,
             current_cpu: percpu::current_id,
         })
     };
+    // Only now: under Xen the console is a hypercall, not the UART.
+    tap::line(format_args!("TAP version 14"));
+    if boot.regions().is_empty() {
+        let mut ranges = [paravirt::MemoryRange::default(); boot::MAX_REGIONS];
+        let n = paravirt::memory_map(&mut ranges);
+        for r in &ranges[..n] {
+            boot.push_region(boot::MemRegion {
+                start: r.start,
+                len: r.len,
+                kind: boot::MemKind::from_e820(r.kind),
+            });
+        }
+        diag!("memory map: {} ranges from the {} backend", n, selection.decision.backend.name);
+    }
     arch::apic::mask_legacy_pic();
     arch::apic::init();
     mm::frame::init(&boot);

@@ -5,6 +5,7 @@ use crate::select::Backend;
 
 pub mod kvm;
 pub mod native;
+pub mod xen;
 
 /// Every backend, native first.
-pub static BACKENDS: &[Backend] = &[native::BACKEND, kvm::BACKEND];
+pub static BACKENDS: &[Backend] = &[native::BACKEND, kvm::BACKEND, xen::BACKEND];

@@ -47,6 +47,10 @@ impl MemRegion {
     }
 }
 
+/// The command line, kept for the whole run (copied out of [`BootInfo`]).
+static CMDLINE: crate::sync::BootCell<([u8; MAX_CMDLINE], usize)> =
+    crate::sync::BootCell::new(([0; MAX_CMDLINE], 0));
+
 /// What the boot protocol told us.
 pub struct BootInfo {
     /// Boot protocol name ("pvh").
@@ -116,8 +120,19 @@ impl BootInfo {
     }
 
     /// The command line; invalid UTF-8 yields an empty string.
-    pub fn cmdline(&self) -> &str {
-        core::str::from_utf8(&self.cmdline[..self.cmdline_len]).unwrap_or("")
+    pub fn cmdline(&self) -> &'static str {
+        // SAFETY: CMDLINE is written only by `take_cmdline`, once, at boot.
+        let (buf, len) = unsafe { &*CMDLINE.as_ptr() };
+        core::str::from_utf8(&buf[..*len]).unwrap_or("")
+    }
+
+    /// Moves the command line into its permanent home and returns it. Once, at boot.
+    pub fn take_cmdline(&mut self) -> &'static str {
+        // SAFETY: boot CPU only, before anyone reads CMDLINE.
+        let slot = unsafe { CMDLINE.get_mut() };
+        slot.0 = self.cmdline;
+        slot.1 = self.cmdline_len;
+        self.cmdline()
     }
 
     /// Total usable RAM in bytes.

@@ -9,5 +9,10 @@ pub mod probe;
 use crate::select::Backend;
 
 /// KVM.
-pub const BACKEND: Backend =
-    Backend { name: "kvm", detect: probe::detect, install: ops::install, init_cpu: ops::init_cpu };
+pub const BACKEND: Backend = Backend {
+    name: "kvm",
+    detect: probe::detect,
+    install: ops::install,
+    init_cpu: ops::init_cpu,
+    memory_map: |_| 0,
+};

@@ -11,7 +11,8 @@ use crate::select::{AbiLine, Backend, InitEnv, OpSet};
 use crate::table::PvOps;
 
 /// Native: always present, lowest priority.
-pub const BACKEND: Backend = Backend { name: "native", detect: |_, _| Some(0), install, init_cpu: |_| {} };
+pub const BACKEND: Backend =
+    Backend { name: "native", detect: |_, _| Some(0), install, init_cpu: |_| {}, memory_map: |_| 0 };
 
 fn install(_: &InitEnv, _: &mut PvOps) -> (OpSet, AbiLine) {
     (OpSet::EMPTY, AbiLine { name: "none", features: None })

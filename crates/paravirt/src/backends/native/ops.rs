@@ -381,6 +381,12 @@ fn calibrate_tsc_with_pit() -> u64 {
     }
 }
 
+/// Tells the native clock the TSC frequency a backend learned from its hypervisor,
+/// so it need not calibrate.
+pub(crate) fn seed_tsc_khz(khz: u64) {
+    TSC_KHZ.store(khz, Ordering::Relaxed);
+}
+
 pub(crate) extern "C" fn tsc_khz() -> u64 {
     let cached = TSC_KHZ.load(Ordering::Relaxed);
     if cached != 0 {
