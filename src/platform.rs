@@ -18,6 +18,8 @@ pub enum Launcher {
     QemuKvm,
     /// Our own VMM on /dev/kvm, with `--personality`.
     Pvrun(&'static str),
+    /// Real Xen (Debian's hypervisor, under QEMU TCG) with the kernel as a PVH dom0.
+    XenPvh,
 }
 
 /// One row of the matrix.
@@ -116,6 +118,15 @@ pub const ALL: &[Platform] = &[
         timeout: Duration::from_secs(60),
     },
     Platform {
+        name: "xen-pvh",
+        launcher: Launcher::XenPvh,
+        expect_platform: "xen",
+        expect_backend: "xen",
+        cpus: 2,
+        extra_args: &[],
+        timeout: Duration::from_secs(120),
+    },
+    Platform {
         name: "qemu-kvm",
         launcher: Launcher::QemuKvm,
         expect_platform: "kvm",
@@ -136,6 +147,13 @@ pub fn by_name(name: &str) -> Result<&'static Platform, LabError> {
 
 /// Guest memory for every boot, in MiB.
 pub const GUEST_MEM_MIB: u32 = 128;
+
+/// The Xen hypervisor image (`$PVLAB_XEN`, or what scripts/fetch-xen.sh leaves).
+pub fn xen_image() -> std::path::PathBuf {
+    std::env::var_os("PVLAB_XEN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| build::repo_root().join(".cache/xen/xen"))
+}
 
 /// QEMU binary (`$PVLAB_QEMU` or `qemu-system-x86_64`).
 pub fn qemu_binary() -> String {
@@ -165,6 +183,10 @@ impl Platform {
             Launcher::QemuTcg(_) => qemu_present(),
             Launcher::QemuKvm => qemu_present().and_then(|()| kvm_usable()),
             Launcher::Pvrun(_) => kvm_usable(),
+            Launcher::XenPvh => qemu_present().and_then(|()| match xen_image() {
+                p if p.is_file() => Ok(()),
+                p => Err(format!("no Xen image at {} (run scripts/fetch-xen.sh)", p.display())),
+            }),
         }
     }
 
@@ -185,6 +207,27 @@ impl Platform {
             Launcher::QemuKvm => {
                 let mut c = qemu(kernel, cmdline, "pc", "kvm", &mem, &cpus);
                 c.args(self.extra_args).args(launcher_args);
+                c
+            }
+            Launcher::XenPvh => {
+                let mut c = Command::new(qemu_binary());
+                c.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "2"])
+                    .args(["-display", "none", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
+                    // A PVH dom0 needs an IOMMU.
+                    .args(["-device", "intel-iommu,intremap=on"])
+                    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+                    .arg("-kernel")
+                    .arg(xen_image())
+                    .arg("-append")
+                    .arg(format!(
+                        "console=com1 com1=115200 loglvl=all guest_loglvl=all dom0=pvh \
+                         dom0_max_vcpus={cpus} dom0_mem=64M"
+                    ))
+                    .arg("-initrd")
+                    // Multiboot module string: the path, then dom0's command line.
+                    .arg(format!("{} {cmdline}", kernel.display()))
+                    .args(self.extra_args)
+                    .args(launcher_args);
                 c
             }
             Launcher::Pvrun(personality) => {

@@ -100,6 +100,11 @@ fn pvrun_none() {
 }
 
 #[test]
+fn xen_pvh() {
+    full_suite("xen-pvh");
+}
+
+#[test]
 fn qemu_kvm() {
     full_suite("qemu-kvm");
 }
