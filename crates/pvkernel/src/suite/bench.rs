@@ -66,11 +66,16 @@ fn measure_once(op: paravirt::ops::Op, form: Form, iters: u64, env: &BenchEnv, c
     Cost { cycles, insns, exits }
 }
 
-fn patch_bench(ctx: &mut Ctx) -> TestResult {
-    let iters: u64 = crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.bench.iters")
+/// Iterations per measurement: `pvkernel.bench.iters`, default 50.
+fn bench_iters(ctx: &Ctx) -> u64 {
+    crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.bench.iters")
         .and_then(|v| v.parse().ok())
         .unwrap_or(50)
-        .max(1);
+        .max(1)
+}
+
+fn patch_bench(ctx: &mut Ctx) -> TestResult {
+    let iters = bench_iters(ctx);
     let reps: u32 = crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.bench.reps")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
@@ -174,7 +179,7 @@ fn read_pit() {
 /// exact and the clock is paravirtual: at most 30 instructions and no exit.
 fn clock_bench(ctx: &mut Ctx) -> TestResult {
     let counted = bench_port::present();
-    let iters = 50;
+    let iters = bench_iters(ctx);
     let flags = irq::save_flags();
     irq::disable();
     use paravirt::ops::Op;
