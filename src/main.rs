@@ -75,6 +75,18 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
         }
         Cmd::Bench { iters, reps } => {
             let kernel = kernel_path(cli.kernel)?;
+            let selected = if cli.platforms.is_empty() {
+                // Where costs are deterministic: exact KVM counters, or QEMU's
+                // instruction-counted clock. Elsewhere the TSC is too coarse or traps
+                // (ask for those platforms with -p).
+                eprintln!("pvlab: benchmarking where costs are exact; -p adds others");
+                ["qemu-tcg-icount", "pvrun-kvm", "pvrun-none"]
+                    .iter()
+                    .map(|n| platform::by_name(n))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                selected
+            };
             let mut results = Vec::new();
             for p in selected {
                 if let Err(why) = p.availability() {
