@@ -316,24 +316,37 @@ fn pvclock_retry(p: *mut PerCpu) -> (u64, bool) {
     }
 }
 
+/// Runs `read` under a host-written record's version seqlock: `Some` when the
+/// version was even and the same before and after.
+#[inline(always)]
+fn versioned<T>(version: *const u32, read: impl FnOnce() -> T) -> Option<T> {
+    // SAFETY: `version` points into a static record; volatile because the host
+    // writes it concurrently.
+    let before = unsafe { version.read_volatile() };
+    fence(Ordering::Acquire);
+    let value = read();
+    fence(Ordering::Acquire);
+    // SAFETY: as above.
+    let after = unsafe { version.read_volatile() };
+    (before == after && before & 1 == 0).then_some(value)
+}
+
 /// One read of the record and the TSC; `None` if the version changed or was odd.
 #[inline(always)]
 fn pvclock_try(p: *mut PerCpu) -> Option<(u64, bool)> {
     // SAFETY (all reads): `p` points at a static record the host writes; volatile
     // loads, validated by the version.
-    let version = unsafe { core::ptr::addr_of!((*p).time.version).read_volatile() };
-    fence(Ordering::Acquire);
-    let stamp = unsafe { core::ptr::addr_of!((*p).time.tsc_timestamp).read_volatile() };
-    let system = unsafe { core::ptr::addr_of!((*p).time.system_time).read_volatile() };
-    let mul = unsafe { core::ptr::addr_of!((*p).time.tsc_to_system_mul).read_volatile() };
-    let shift = unsafe { core::ptr::addr_of!((*p).time.tsc_shift).read_volatile() };
-    let flags = unsafe { core::ptr::addr_of!((*p).time.flags).read_volatile() };
-    let tsc = native::read_tsc();
-    fence(Ordering::Acquire);
-    let again = unsafe { core::ptr::addr_of!((*p).time.version).read_volatile() };
-    if version != again || version & 1 != 0 {
-        return None;
-    }
+    let version = unsafe { core::ptr::addr_of!((*p).time.version) };
+    let (stamp, system, mul, shift, flags, tsc) = versioned(version, || unsafe {
+        (
+            core::ptr::addr_of!((*p).time.tsc_timestamp).read_volatile(),
+            core::ptr::addr_of!((*p).time.system_time).read_volatile(),
+            core::ptr::addr_of!((*p).time.tsc_to_system_mul).read_volatile(),
+            core::ptr::addr_of!((*p).time.tsc_shift).read_volatile(),
+            core::ptr::addr_of!((*p).time.flags).read_volatile(),
+            native::read_tsc(),
+        )
+    })?;
     let ns = system.wrapping_add(abi::pvclock_scale(tsc.wrapping_sub(stamp), mul, shift));
     Some((ns, flags & abi::PVCLOCK_TSC_STABLE != 0))
 }
@@ -374,17 +387,15 @@ extern "C" fn wall_clock() -> WallClock {
 extern "C" fn steal_clock(cpu: u32) -> u64 {
     let p = per_cpu(cpu);
     loop {
-        // SAFETY: static record the host writes; volatile reads under its version.
-        let v1 = unsafe { core::ptr::addr_of!((*p).steal.version).read_volatile() };
-        fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let steal = unsafe { core::ptr::addr_of!((*p).steal.steal).read_volatile() };
-        fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let v2 = unsafe { core::ptr::addr_of!((*p).steal.version).read_volatile() };
-        if v1 == v2 && v1 & 1 == 0 {
+        // SAFETY: `p` points at a static record the host writes; volatile reads,
+        // validated by its version.
+        let version = unsafe { core::ptr::addr_of!((*p).steal.version) };
+        if let Some(steal) =
+            versioned(version, || unsafe { core::ptr::addr_of!((*p).steal.steal).read_volatile() })
+        {
             return steal;
         }
+        core::hint::spin_loop();
     }
 }
 
