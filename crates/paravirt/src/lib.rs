@@ -22,7 +22,8 @@
 //!
 //! ```ignore
 //! // In the kernel, once, on the boot CPU, interrupts off:
-//! let sel = unsafe { paravirt::init(&paravirt::InitParams { cmdline, virt_to_phys: |v| v }) };
+//! let params = paravirt::InitParams { cmdline, virt_to_phys: |v| v, current_cpu: my_apic_id };
+//! let sel = unsafe { paravirt::init(&params) };
 //! paravirt::irq::disable();               // patched to `cli` on native
 //! let now = paravirt::time::clock_ns();   // kvmclock under KVM, TSC natively
 //! ```
