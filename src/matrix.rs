@@ -64,8 +64,8 @@ fn ms(d: Option<Duration>) -> String {
 pub fn render(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "{:<18} {:<7} {:>4} {:>4} {:>4}  {:<8} {:>11} {:>10}\n",
-        "platform", "result", "pass", "fail", "skip", "backend", "first line", "exit"
+        "{:<18} {:<7} {:>4} {:>4} {:>4}  {:<8} {:>4} {:>11} {:>10}\n",
+        "platform", "result", "pass", "fail", "skip", "backend", "cpus", "first line", "exit"
     ));
     for r in rows {
         let (result, boot) = match (&r.verdict, &r.boot) {
@@ -75,13 +75,14 @@ pub fn render(rows: &[Row]) -> String {
         };
         match boot {
             Some(b) => s.push_str(&format!(
-                "{:<18} {:<7} {:>4} {:>4} {:>4}  {:<8} {:>11} {:>10}\n",
+                "{:<18} {:<7} {:>4} {:>4} {:>4}  {:<8} {:>4} {:>11} {:>10}\n",
                 r.platform.name,
                 result,
                 b.report.passed(),
                 b.report.failed(),
                 b.report.skipped(),
                 b.report.platform_field("backend").unwrap_or_else(|| "?".into()),
+                b.report.diagnostic("cpus").and_then(|c| c.split_whitespace().next()).unwrap_or("?"),
                 ms(b.first_tap_line),
                 ms(Some(b.total)),
             )),
