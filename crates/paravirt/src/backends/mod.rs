@@ -5,6 +5,7 @@ use crate::select::Backend;
 
 pub mod kvm;
 pub mod native;
+pub mod pvclock;
 pub mod xen;
 
 /// Every backend, native first.

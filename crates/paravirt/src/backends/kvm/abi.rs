@@ -2,7 +2,7 @@
 //!
 //! Sources: Linux `Documentation/virt/kvm/x86/cpuid.rst` (signature, feature bits),
 //! `Documentation/virt/kvm/x86/msr.rst` (MSR numbers and the structures they point
-//! at), `arch/x86/include/asm/pvclock-abi.h` (pvclock layout and scaling).
+//! at), `crate::backends::pvclock` for the pvclock records both KVM and Xen use.
 
 /// Signature at the KVM CPUID base (cpuid.rst: "KVMKVMKVM\0\0\0").
 pub const SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
@@ -68,42 +68,7 @@ pub mod hc {
     pub const SCHED_YIELD: u64 = 11;
 }
 
-/// `struct pvclock_vcpu_time_info` (pvclock-abi.h), 32 bytes.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
-pub struct PvclockVcpuTimeInfo {
-    /// Odd while the host updates the record.
-    pub version: u32,
-    /// Padding.
-    pub pad0: u32,
-    /// TSC when `system_time` was taken.
-    pub tsc_timestamp: u64,
-    /// ns since the host's reference point.
-    pub system_time: u64,
-    /// TSC → ns multiplier (32.32 fixed point after the shift).
-    pub tsc_to_system_mul: u32,
-    /// Shift applied to the TSC delta first.
-    pub tsc_shift: i8,
-    /// PVCLOCK_* flags.
-    pub flags: u8,
-    /// Padding.
-    pub pad: [u8; 2],
-}
-
-/// `PVCLOCK_TSC_STABLE_BIT`: readings are monotonic across CPUs.
-pub const PVCLOCK_TSC_STABLE: u8 = 1 << 0;
-
-/// `struct pvclock_wall_clock` (pvclock-abi.h): wall time at system_time 0.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
-pub struct PvclockWallClock {
-    /// Odd while the host updates the record.
-    pub version: u32,
-    /// Seconds since the epoch.
-    pub sec: u32,
-    /// Nanoseconds.
-    pub nsec: u32,
-}
+pub use crate::backends::pvclock::{PvclockVcpuTimeInfo, PvclockWallClock, PVCLOCK_TSC_STABLE};
 
 /// `struct kvm_steal_time` (msr.rst), 64 bytes.
 #[derive(Clone, Copy, Debug)]
@@ -123,36 +88,13 @@ pub struct KvmStealTime {
     pub pad: [u32; 11],
 }
 
-/// Scales a TSC delta to ns with a pvclock record's multiplier and shift.
-#[inline(always)]
-pub fn pvclock_scale(delta: u64, mul: u32, shift: i8) -> u64 {
-    let d = if shift < 0 { delta >> (-shift) as u32 } else { delta << shift as u32 };
-    ((u128::from(d) * u128::from(mul)) >> 32) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn layouts_match_the_spec() {
-        assert_eq!(core::mem::size_of::<PvclockVcpuTimeInfo>(), 32);
-        assert_eq!(core::mem::offset_of!(PvclockVcpuTimeInfo, tsc_to_system_mul), 24);
-        assert_eq!(core::mem::offset_of!(PvclockVcpuTimeInfo, flags), 29);
-        assert_eq!(core::mem::size_of::<PvclockWallClock>(), 12);
         assert_eq!(core::mem::size_of::<KvmStealTime>(), 64);
         assert_eq!(core::mem::offset_of!(KvmStealTime, preempted), 16);
-    }
-
-    #[test]
-    fn scaling() {
-        // 1 GHz TSC: mul = 2^32 with shift 0 means 1 tick = 1 ns... mul is u32, so
-        // use shift 1 and mul 2^31.
-        assert_eq!(pvclock_scale(1_000, 1 << 31, 1), 1_000);
-        // 2 GHz TSC: half a ns per tick.
-        assert_eq!(pvclock_scale(2_000, 1 << 31, 0), 1_000);
-        assert_eq!(pvclock_scale(4_000, 1 << 31, -1), 1_000);
-        // No overflow for large deltas.
-        assert_eq!(pvclock_scale(u64::MAX >> 1, 1 << 31, 0), (u64::MAX >> 1) / 2);
     }
 }

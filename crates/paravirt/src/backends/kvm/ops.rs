@@ -17,11 +17,12 @@
 //! The hypercall instruction is `vmcall` on Intel and `vmmcall` on AMD/Hygon.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::abi::{self, feature, hc, KvmStealTime, PvclockVcpuTimeInfo, PvclockWallClock};
 use super::probe;
 use crate::backends::native::ops as native;
+use crate::backends::pvclock::{self, versioned};
 use crate::ops::time::WallClock;
 use crate::ops::Op;
 use crate::select::{AbiLine, InitEnv, OpSet};
@@ -74,7 +75,7 @@ static USED: AtomicU32 = AtomicU32::new(0);
 static ADVERTISED: AtomicU32 = AtomicU32::new(0);
 static VMMCALL: AtomicBool = AtomicBool::new(false);
 /// Largest clock value handed out, to keep an unstable pvclock monotonic.
-static LAST_NS: AtomicU64 = AtomicU64::new(0);
+static LAST_NS: pvclock::Monotonic = pvclock::Monotonic::new();
 static BOOT_NS: AtomicU64 = AtomicU64::new(0);
 static EOI_PV: AtomicU64 = AtomicU64::new(0);
 static EOI_APIC: AtomicU64 = AtomicU64::new(0);
@@ -247,30 +248,13 @@ fn hypercall(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> i64 {
     ret
 }
 
-/// Reads this CPU's pvclock record consistently (version even and unchanged).
-fn read_time_info(cpu: u32) -> PvclockVcpuTimeInfo {
-    let p = per_cpu(cpu);
-    loop {
-        // SAFETY: `p` points at a static record; volatile because the host writes it.
-        let v1 = unsafe { core::ptr::addr_of!((*p).time.version).read_volatile() };
-        fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let t = unsafe { core::ptr::addr_of!((*p).time).read_volatile() };
-        fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let v2 = unsafe { core::ptr::addr_of!((*p).time.version).read_volatile() };
-        if v1 == v2 && v1 & 1 == 0 {
-            return t;
-        }
-        core::hint::spin_loop();
-    }
-}
-
 extern "C" fn clock_ns() -> u64 {
     // With TSC_STABLE every vCPU's record gives the same time, so CPU 0's serves
     // all (as Linux's vDSO does) and the read needs no CPU number: the hot path is
-    // two loads of the version, four of the record, rdtsc and a 64×32 multiply.
-    let (ns, stable) = pvclock_read(per_cpu(0));
+    // two loads of the version, five of the record, rdtsc and a 64×32 multiply.
+    // SAFETY: CPU 0's record is static; KVM maintains it once registered (and it
+    // reads as zeros before).
+    let (ns, stable) = unsafe { pvclock::read(time_record(0)) };
     if stable {
         return ns;
     }
@@ -281,74 +265,14 @@ extern "C" fn clock_ns() -> u64 {
 #[cold]
 #[inline(never)]
 fn clock_ns_per_cpu() -> u64 {
-    let (ns, _) = pvclock_read(per_cpu(current_cpu()));
-    // Not stable across CPUs: never go below what any CPU has seen (as Linux does).
-    let mut last = LAST_NS.load(Ordering::Relaxed);
-    loop {
-        if ns <= last {
-            return last;
-        }
-        match LAST_NS.compare_exchange_weak(last, ns, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return ns,
-            Err(l) => last = l,
-        }
-    }
+    // SAFETY: this CPU's static record.
+    LAST_NS.clamp(unsafe { pvclock::read(time_record(current_cpu())) }.0)
 }
 
-/// The pvclock formula under the record's version seqlock: (ns, TSC_STABLE).
-#[inline(always)]
-fn pvclock_read(p: *mut PerCpu) -> (u64, bool) {
-    match pvclock_try(p) {
-        Some(r) => r,
-        None => pvclock_retry(p),
-    }
-}
-
-/// The record was being updated: try until it is not.
-#[cold]
-#[inline(never)]
-fn pvclock_retry(p: *mut PerCpu) -> (u64, bool) {
-    loop {
-        core::hint::spin_loop();
-        if let Some(r) = pvclock_try(p) {
-            return r;
-        }
-    }
-}
-
-/// Runs `read` under a host-written record's version seqlock: `Some` when the
-/// version was even and the same before and after.
-#[inline(always)]
-fn versioned<T>(version: *const u32, read: impl FnOnce() -> T) -> Option<T> {
-    // SAFETY: `version` points into a static record; volatile because the host
-    // writes it concurrently.
-    let before = unsafe { version.read_volatile() };
-    fence(Ordering::Acquire);
-    let value = read();
-    fence(Ordering::Acquire);
-    // SAFETY: as above.
-    let after = unsafe { version.read_volatile() };
-    (before == after && before & 1 == 0).then_some(value)
-}
-
-/// One read of the record and the TSC; `None` if the version changed or was odd.
-#[inline(always)]
-fn pvclock_try(p: *mut PerCpu) -> Option<(u64, bool)> {
-    // SAFETY (all reads): `p` points at a static record the host writes; volatile
-    // loads, validated by the version.
-    let version = unsafe { core::ptr::addr_of!((*p).time.version) };
-    let (stamp, system, mul, shift, flags, tsc) = versioned(version, || unsafe {
-        (
-            core::ptr::addr_of!((*p).time.tsc_timestamp).read_volatile(),
-            core::ptr::addr_of!((*p).time.system_time).read_volatile(),
-            core::ptr::addr_of!((*p).time.tsc_to_system_mul).read_volatile(),
-            core::ptr::addr_of!((*p).time.tsc_shift).read_volatile(),
-            core::ptr::addr_of!((*p).time.flags).read_volatile(),
-            native::read_tsc(),
-        )
-    })?;
-    let ns = system.wrapping_add(abi::pvclock_scale(tsc.wrapping_sub(stamp), mul, shift));
-    Some((ns, flags & abi::PVCLOCK_TSC_STABLE != 0))
+/// CPU `cpu`'s kvmclock record.
+fn time_record(cpu: u32) -> *const PvclockVcpuTimeInfo {
+    // SAFETY: `per_cpu` points into the static array; only the address is taken.
+    unsafe { core::ptr::addr_of!((*per_cpu(cpu)).time) }
 }
 
 extern "C" fn sched_clock() -> u64 {
@@ -356,15 +280,8 @@ extern "C" fn sched_clock() -> u64 {
 }
 
 extern "C" fn tsc_khz() -> u64 {
-    let t = read_time_info(current_cpu());
-    // ns per tick = mul * 2^shift / 2^32, so kHz = 10^6 * 2^32 / (mul * 2^shift).
-    let mut khz = (1_000_000u128 << 32) / u128::from(t.tsc_to_system_mul.max(1));
-    if t.tsc_shift < 0 {
-        khz <<= (-t.tsc_shift) as u32;
-    } else {
-        khz >>= t.tsc_shift as u32;
-    }
-    khz as u64
+    // SAFETY: this CPU's static record.
+    unsafe { pvclock::tsc_khz(time_record(current_cpu())) }
 }
 
 extern "C" fn wall_clock() -> WallClock {
@@ -389,10 +306,12 @@ extern "C" fn steal_clock(cpu: u32) -> u64 {
     loop {
         // SAFETY: `p` points at a static record the host writes; volatile reads,
         // validated by its version.
-        let version = unsafe { core::ptr::addr_of!((*p).steal.version) };
-        if let Some(steal) =
-            versioned(version, || unsafe { core::ptr::addr_of!((*p).steal.steal).read_volatile() })
-        {
+        let steal = unsafe {
+            versioned(core::ptr::addr_of!((*p).steal.version), || {
+                core::ptr::addr_of!((*p).steal.steal).read_volatile()
+            })
+        };
+        if let Some(steal) = steal {
             return steal;
         }
         core::hint::spin_loop();
