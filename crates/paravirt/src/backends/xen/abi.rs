@@ -53,6 +53,46 @@ pub mod shutdown {
 
 /// `memory_op` command returning the domain's memory map (memory.h).
 pub const XENMEM_MEMORY_MAP: u64 = 9;
+/// `memory_op` command mapping a Xen page into the guest's physical space (memory.h).
+pub const XENMEM_ADD_TO_PHYSMAP: u64 = 7;
+/// `xen_add_to_physmap.space`: the shared-info page (memory.h).
+pub const XENMAPSPACE_SHARED_INFO: u32 = 0;
+/// `DOMID_SELF` (xen.h).
+pub const DOMID_SELF: u16 = 0x7ff0;
+
+/// `struct xen_add_to_physmap` (memory.h), 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct XenAddToPhysmap {
+    /// Domain ([`DOMID_SELF`]).
+    pub domid: u16,
+    /// Pages, for ranges (0 here).
+    pub size: u16,
+    /// `XENMAPSPACE_*`.
+    pub space: u32,
+    /// Index within the space.
+    pub idx: u64,
+    /// Guest frame to map it at.
+    pub gpfn: u64,
+}
+
+/// `struct shared_info` offsets on x86-64 (xen.h, arch-x86/xen.h): 32
+/// `vcpu_info`s of 64 bytes, each with its `vcpu_time_info` at +32, then the
+/// event-channel bitmaps, then the wall clock.
+pub mod shared_info {
+    /// Size of one `vcpu_info`.
+    pub const VCPU_INFO_SIZE: usize = 64;
+    /// Offset of `time` (a pvclock record) in a `vcpu_info`.
+    pub const VCPU_TIME: usize = 32;
+    /// `wc_version`: the wall clock's seqlock.
+    pub const WC_VERSION: usize = 0xc00;
+    /// `wc_sec`: seconds at system time 0.
+    pub const WC_SEC: usize = 0xc04;
+    /// `wc_nsec`.
+    pub const WC_NSEC: usize = 0xc08;
+    /// `wc_sec_hi`: the high 32 bits of the seconds (x86-64).
+    pub const WC_SEC_HI: usize = 0xc0c;
+}
 
 /// `struct xen_memory_map` (memory.h): in: capacity of `buffer` in entries;
 /// out: entries written. Entries are E820 records.
@@ -90,5 +130,7 @@ mod tests {
     fn layouts_match_the_headers() {
         assert_eq!(core::mem::size_of::<E820Entry>(), 20);
         assert_eq!(core::mem::size_of::<XenMemoryMap>(), 16);
+        assert_eq!(core::mem::size_of::<XenAddToPhysmap>(), 24);
+        assert_eq!(core::mem::offset_of!(XenAddToPhysmap, gpfn), 16);
     }
 }

@@ -9,14 +9,17 @@
 //! | power.shutdown | the debug-exit port when dom0 may use it, then `sched_op(SCHEDOP_shutdown, poweroff/crash)` |
 //! | power.reboot | `sched_op(SCHEDOP_shutdown, reboot)` |
 //! | time.tsc_khz (and the native TSC clock) | CPUID base+3 (time leaf), ECX |
+//! | time.clock_ns, sched_clock, wall_clock | pvclock in `shared_info` (mapped with `XENMEM_add_to_physmap`), vCPU 0's record, kept monotonic; `wc_*` for the wall clock |
 //! | memory map | `memory_op(XENMEM_memory_map)` (hvm_start_info v0 has none) |
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::abi::{self, hypercall as hc, E820Entry, XenMemoryMap};
+use super::abi::{self, hypercall as hc, shared_info as si, E820Entry, XenAddToPhysmap, XenMemoryMap};
 use super::probe;
 use crate::backends::native::ops as native;
+use crate::backends::pvclock::{self, PvclockVcpuTimeInfo};
+use crate::ops::time::WallClock;
 use crate::ops::Op;
 use crate::select::{AbiLine, InitEnv, OpSet};
 use crate::table::PvOps;
@@ -34,6 +37,11 @@ unsafe impl Sync for Page {}
 static HYPERCALL_PAGE: Page = Page(UnsafeCell::new([0xc3; 4096]));
 
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+
+/// The page Xen's `shared_info` is mapped over.
+static SHARED_INFO: Page = Page(UnsafeCell::new([0; 4096]));
+static LAST_NS: pvclock::Monotonic = pvclock::Monotonic::new();
+static BOOT_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Calls hypercall `nr` with up to three arguments (rdi, rsi, rdx).
 fn hypercall3(nr: u32, a0: u64, a1: u64, a2: u64) -> i64 {
@@ -73,7 +81,77 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
         ops.time.tsc_khz = tsc_khz;
         set.insert(Op::TimeTscKhz);
     }
+    if map_shared_info() {
+        ops.time.clock_ns = clock_ns;
+        ops.time.sched_clock = sched_clock;
+        ops.time.wall_clock = wall_clock;
+        for op in [Op::TimeClockNs, Op::TimeSchedClock, Op::TimeWallClock] {
+            set.insert(op);
+        }
+        BOOT_NS.store(clock_ns(), Ordering::Relaxed);
+    }
     (set, AbiLine { name: "xen-hvm", features: Some(u64::from(version)) })
+}
+
+/// Maps `shared_info` over [`SHARED_INFO`]; false if Xen refused.
+fn map_shared_info() -> bool {
+    let gpfn = virt_to_phys(SHARED_INFO.0.get() as u64) >> 12;
+    let mut req = XenAddToPhysmap {
+        domid: abi::DOMID_SELF,
+        size: 0,
+        space: abi::XENMAPSPACE_SHARED_INFO,
+        idx: 0,
+        gpfn,
+    };
+    hypercall3(hc::MEMORY_OP, abi::XENMEM_ADD_TO_PHYSMAP, &mut req as *mut XenAddToPhysmap as u64, 0) == 0
+}
+
+/// vCPU 0's pvclock record in `shared_info`.
+fn time_record() -> *const PvclockVcpuTimeInfo {
+    (SHARED_INFO.0.get() as usize + si::VCPU_TIME) as *const PvclockVcpuTimeInfo
+}
+
+/// Xen system time: vCPU 0's record, extrapolated with this CPU's TSC and kept
+/// monotonic across CPUs (the TSC-stable flag is rarely set under Xen).
+extern "C" fn clock_ns() -> u64 {
+    // SAFETY: `shared_info` is mapped over the static page; Xen maintains vCPU 0's
+    // record there.
+    let (ns, stable) = unsafe { pvclock::read(time_record()) };
+    if stable {
+        ns
+    } else {
+        LAST_NS.clamp(ns)
+    }
+}
+
+extern "C" fn sched_clock() -> u64 {
+    clock_ns().saturating_sub(BOOT_NS.load(Ordering::Relaxed))
+}
+
+/// Wall time at system time 0 (`wc_*`, under `wc_version`) plus system time.
+extern "C" fn wall_clock() -> WallClock {
+    let base = SHARED_INFO.0.get() as usize;
+    let field = |off: usize| (base + off) as *const u32;
+    let (sec_lo, nsec, sec_hi) = loop {
+        // SAFETY: the `wc_*` words of the mapped shared_info, read under their
+        // version.
+        let r = unsafe {
+            pvclock::versioned(field(si::WC_VERSION), || {
+                (
+                    field(si::WC_SEC).read_volatile(),
+                    field(si::WC_NSEC).read_volatile(),
+                    field(si::WC_SEC_HI).read_volatile(),
+                )
+            })
+        };
+        if let Some(r) = r {
+            break r;
+        }
+        core::hint::spin_loop();
+    };
+    let secs = (u64::from(sec_hi) << 32) | u64::from(sec_lo);
+    let total = u64::from(nsec) + clock_ns();
+    WallClock { secs: secs + total / 1_000_000_000, nsecs: total % 1_000_000_000 }
 }
 
 extern "C" fn console_write(ptr: *const u8, len: usize) {
