@@ -3,6 +3,7 @@
 //! `no_std`, no dependencies: plain `repr(C)` structs and constants.
 #![no_std]
 #![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
 pub mod pvh;

@@ -17,6 +17,7 @@
 //! the host offers without running a guest.
 
 #![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
 pub mod config;

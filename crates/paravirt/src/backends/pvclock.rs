@@ -104,9 +104,10 @@ fn read_retry(p: *const PvclockVcpuTimeInfo) -> (u64, bool) {
 /// As [`read`].
 #[inline(always)]
 unsafe fn try_read(p: *const PvclockVcpuTimeInfo) -> Option<(u64, bool)> {
-    // SAFETY (all reads): `p` points at a live record the host writes; volatile
-    // loads, validated by the version.
+    // SAFETY: the caller guarantees `p`; only the address is taken.
     let version = unsafe { core::ptr::addr_of!((*p).version) };
+    // SAFETY: `p` points at a live record the host writes (the caller's
+    // guarantee); volatile loads, validated by the version.
     let (stamp, system, mul, shift, flags, tsc) = unsafe {
         versioned(version, || {
             (

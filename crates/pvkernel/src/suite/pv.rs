@@ -77,9 +77,9 @@ fn site_bytes(ctx: &mut Ctx) -> TestResult {
 fn text_write_protected(_: &mut Ctx) -> TestResult {
     let (start, _) = crate::mm::kernel_read_only();
     let target = start + 0x10;
+    let before = probe::read_u64(target).map_err(|f| alloc::format!("read faulted: {:?}", f))?;
     // SAFETY: the page is read-only, so the write must fault; if it did not, the
     // value written equals the one read, so nothing changes.
-    let before = probe::read_u64(target).map_err(|f| alloc::format!("read faulted: {:?}", f))?;
     match unsafe { probe::write_u64(target, before) } {
         Ok(_) => Err(alloc::format!("write to text at {:#x} succeeded", target).into()),
         Err(f) => {

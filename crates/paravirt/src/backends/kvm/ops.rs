@@ -211,15 +211,16 @@ pub fn init_cpu(cpu: u32) {
         // `field` is this CPU's static record for it.
         unsafe { native::write_msr(index, value) };
     };
-    // SAFETY (the three `addr_of!`s): `p` points into the static array; only
-    // addresses are taken.
     if has(feature::CLOCKSOURCE2) {
+        // SAFETY: `p` points into the static array; only the address is taken.
         msr(abi::MSR_SYSTEM_TIME_NEW, unsafe { core::ptr::addr_of!((*p).time) }.cast());
     }
     if has(feature::STEAL_TIME) {
+        // SAFETY: as above.
         msr(abi::MSR_STEAL_TIME, unsafe { core::ptr::addr_of!((*p).steal) }.cast());
     }
     if has(feature::PV_EOI) {
+        // SAFETY: as above.
         msr(abi::MSR_PV_EOI_EN, unsafe { core::ptr::addr_of!((*p).pv_eoi) }.cast());
     }
     if has(feature::POLL_CONTROL) {
