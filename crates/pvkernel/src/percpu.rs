@@ -57,7 +57,7 @@ pub fn init_this_cpu(apic_id: u32) {
     let id = apic_id as usize;
     assert!(id < MAX_CPUS, "APIC ID {} beyond MAX_CPUS", id);
     // SAFETY: each CPU writes only its own slot, once, before anyone reads it.
-    let slot = unsafe { &mut CPUS.get_mut()[id] };
+    let slot = unsafe { CPUS.slot_mut(id) };
     slot.self_ptr = slot as *mut PerCpu as u64;
     slot.apic_id = u64::from(apic_id);
     // SAFETY: GS is not otherwise used by the kernel; its base now points at a static.

@@ -30,3 +30,17 @@ impl<T> BootCell<T> {
         self.0.get()
     }
 }
+
+impl<T, const N: usize> BootCell<[T; N]> {
+    /// Mutable access to element `i` alone (no reference to the rest of the array
+    /// is formed, so other CPUs may use their own elements meanwhile).
+    ///
+    /// # Safety
+    /// No other reference to element `i` may be live, and no other CPU may touch it.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slot_mut(&self, i: usize) -> &mut T {
+        assert!(i < N, "slot {i} out of {N}");
+        // SAFETY: `i` is in bounds; exclusivity of the element is the caller's.
+        unsafe { &mut *(self.0.get() as *mut T).add(i) }
+    }
+}

@@ -60,7 +60,7 @@ static GDTS: BootCell<[[u64; 5]; MAX_CPUS]> = BootCell::new([GDT; MAX_CPUS]);
 pub fn init(cpu: u32) {
     let i = cpu as usize % MAX_CPUS;
     // SAFETY: each CPU touches only its own slots, once, before anything else does.
-    let (tss, gdt) = unsafe { (&mut TSSES.get_mut()[i], &mut GDTS.get_mut()[i]) };
+    let (tss, gdt) = unsafe { (TSSES.slot_mut(i), GDTS.slot_mut(i)) };
     let stacks = DOUBLE_FAULT_STACKS.as_ptr() as u64;
     let ist_top = stacks + ((i + 1) * IST_STACK_SIZE) as u64;
     tss.ist[usize::from(IST_DOUBLE_FAULT) - 1] = ist_top;
