@@ -139,62 +139,47 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     // "AuthenticAMD" / "HygonGenuine": EBX is "Auth" / "Hygo".
     VMMCALL.store(vendor.ebx == 0x6874_7541 || vendor.ebx == 0x6f67_7948, Ordering::Relaxed);
     let mut set = OpSet::EMPTY;
-    let mut take = |op: Op| set.insert(op);
-
-    if has(feature::NOP_IO_DELAY) {
-        ops.cpu.io_delay = native::nop;
-        take(Op::CpuIoDelay);
-        mark_used(feature::NOP_IO_DELAY);
-    }
-    if has(feature::CLOCKSOURCE2) {
-        ops.time.clock_ns = clock_ns;
-        ops.time.sched_clock = sched_clock;
-        ops.time.tsc_khz = tsc_khz;
-        ops.time.wall_clock = wall_clock;
-        for op in [Op::TimeClockNs, Op::TimeSchedClock, Op::TimeTscKhz, Op::TimeWallClock] {
-            take(op);
+    // Each feature CPUID advertises: install its ops, record them and the feature.
+    let mut provide = |bit: u32, taken: &[Op], install: fn(&mut PvOps)| {
+        if has(bit) {
+            install(ops);
+            for &op in taken {
+                set.insert(op);
+            }
+            mark_used(bit);
         }
-        mark_used(feature::CLOCKSOURCE2);
-    }
+    };
+    provide(feature::NOP_IO_DELAY, &[Op::CpuIoDelay], |o| o.cpu.io_delay = native::nop);
+    provide(
+        feature::CLOCKSOURCE2,
+        &[Op::TimeClockNs, Op::TimeSchedClock, Op::TimeTscKhz, Op::TimeWallClock],
+        |o| {
+            o.time.clock_ns = clock_ns;
+            o.time.sched_clock = sched_clock;
+            o.time.tsc_khz = tsc_khz;
+            o.time.wall_clock = wall_clock;
+        },
+    );
+    provide(feature::STEAL_TIME, &[Op::TimeStealClock, Op::LockVcpuIsPreempted], |o| {
+        o.time.steal_clock = steal_clock;
+        o.lock.vcpu_is_preempted = vcpu_is_preempted;
+    });
+    // PV TLB flush rides on the steal-time record.
     if has(feature::STEAL_TIME) {
-        ops.time.steal_clock = steal_clock;
-        ops.lock.vcpu_is_preempted = vcpu_is_preempted;
-        take(Op::TimeStealClock);
-        take(Op::LockVcpuIsPreempted);
-        mark_used(feature::STEAL_TIME);
-        if has(feature::PV_TLB_FLUSH) {
-            ops.mmu.flush_tlb_multi = flush_tlb_multi;
-            take(Op::MmuFlushTlbMulti);
-            mark_used(feature::PV_TLB_FLUSH);
-        }
+        provide(feature::PV_TLB_FLUSH, &[Op::MmuFlushTlbMulti], |o| o.mmu.flush_tlb_multi = flush_tlb_multi);
     }
-    if has(feature::PV_EOI) {
-        ops.apic.eoi = pv_eoi;
-        take(Op::ApicEoi);
-        mark_used(feature::PV_EOI);
-    }
-    if has(feature::PV_SEND_IPI) {
-        ops.apic.send_ipi_mask = send_ipi_mask;
-        ops.apic.send_ipi = send_ipi;
-        take(Op::ApicSendIpiMask);
-        take(Op::ApicSendIpi);
-        mark_used(feature::PV_SEND_IPI);
-    }
-    if has(feature::PV_UNHALT) {
-        ops.lock.wait = lock_wait;
-        ops.lock.kick = lock_kick;
-        take(Op::LockWait);
-        take(Op::LockKick);
-        mark_used(feature::PV_UNHALT);
-    }
-    if has(feature::PV_SCHED_YIELD) {
-        ops.lock.yield_to = yield_to;
-        take(Op::LockYieldTo);
-        mark_used(feature::PV_SCHED_YIELD);
-    }
-    if has(feature::POLL_CONTROL) {
-        mark_used(feature::POLL_CONTROL);
-    }
+    provide(feature::PV_EOI, &[Op::ApicEoi], |o| o.apic.eoi = pv_eoi);
+    provide(feature::PV_SEND_IPI, &[Op::ApicSendIpiMask, Op::ApicSendIpi], |o| {
+        o.apic.send_ipi_mask = send_ipi_mask;
+        o.apic.send_ipi = send_ipi;
+    });
+    provide(feature::PV_UNHALT, &[Op::LockWait, Op::LockKick], |o| {
+        o.lock.wait = lock_wait;
+        o.lock.kick = lock_kick;
+    });
+    provide(feature::PV_SCHED_YIELD, &[Op::LockYieldTo], |o| o.lock.yield_to = yield_to);
+    // Poll control has no op: init_cpu enables host polling before halts.
+    provide(feature::POLL_CONTROL, &[], |_| {});
     init_cpu(current_cpu());
     if has(feature::CLOCKSOURCE2) {
         BOOT_NS.store(clock_ns(), Ordering::Relaxed);
