@@ -18,8 +18,17 @@ pub enum Launcher {
     QemuKvm,
     /// Our own VMM on /dev/kvm, with `--personality`.
     Pvrun(&'static str),
-    /// Real Xen (Debian's hypervisor, under QEMU TCG) with the kernel as a PVH dom0.
-    XenPvh,
+    /// Real Xen (Debian's hypervisor, under QEMU TCG) with the kernel as dom0.
+    Xen(XenDom0),
+}
+
+/// How Xen builds dom0 from the kernel's ELF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum XenDom0 {
+    /// Paravirtualized: ring 3, page tables by hypercall (the PV ELF notes).
+    Pv,
+    /// Hardware-virtualized, entered at the PVH note (`dom0=pvh`).
+    Pvh,
 }
 
 /// One row of the matrix.
@@ -130,8 +139,18 @@ pub const ALL: &[Platform] = &[
         timeout: Duration::from_secs(60),
     },
     Platform {
+        name: "xen-pv",
+        launcher: Launcher::Xen(XenDom0::Pv),
+        expect_platform: "xen",
+        expect_backend: "xen",
+        cpus: 1,
+        extra_args: &[],
+        check_clock: false,
+        timeout: Duration::from_secs(120),
+    },
+    Platform {
         name: "xen-pvh",
-        launcher: Launcher::XenPvh,
+        launcher: Launcher::Xen(XenDom0::Pvh),
         expect_platform: "xen",
         expect_backend: "xen",
         cpus: 2,
@@ -191,13 +210,27 @@ fn kvm_usable() -> Result<(), String> {
 }
 
 impl Platform {
+    /// The boot protocol the kernel is entered through there (its `boot:` field).
+    pub fn boot_protocol(&self) -> &'static str {
+        match self.launcher {
+            Launcher::Xen(XenDom0::Pv) => "xen-pv",
+            _ => "pvh",
+        }
+    }
+
+    /// Whether the kernel runs deprivileged there (Xen PV: ring 3, every
+    /// privileged op served by the backend, none inline).
+    pub fn deprivileged(&self) -> bool {
+        self.launcher == Launcher::Xen(XenDom0::Pv)
+    }
+
     /// `Err(reason)` when this machine cannot run the platform.
     pub fn availability(&self) -> Result<(), String> {
         match self.launcher {
             Launcher::QemuTcg(_) => qemu_present(),
             Launcher::QemuKvm => qemu_present().and_then(|()| kvm_usable()),
             Launcher::Pvrun(_) => kvm_usable(),
-            Launcher::XenPvh => qemu_present().and_then(|()| match xen_image() {
+            Launcher::Xen(_) => qemu_present().and_then(|()| match xen_image() {
                 p if p.is_file() => Ok(()),
                 p => Err(format!("no Xen image at {} (run scripts/fetch-xen.sh)", p.display())),
             }),
@@ -223,18 +256,28 @@ impl Platform {
                 c.args(self.extra_args).args(launcher_args);
                 c
             }
-            Launcher::XenPvh => {
+            Launcher::Xen(dom0) => {
                 let mut c = Command::new(qemu_binary());
-                c.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "2"])
-                    .args(["-display", "none", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
+                c.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "2"]).args([
+                    "-display",
+                    "none",
+                    "-no-reboot",
+                    "-monitor",
+                    "none",
+                    "-serial",
+                    "stdio",
+                ]);
+                if dom0 == XenDom0::Pvh {
                     // A PVH dom0 needs an IOMMU.
-                    .args(["-device", "intel-iommu,intremap=on"])
-                    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+                    c.args(["-device", "intel-iommu,intremap=on"]);
+                }
+                let mode = if dom0 == XenDom0::Pvh { " dom0=pvh" } else { "" };
+                c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
                     .arg("-kernel")
                     .arg(xen_image())
                     .arg("-append")
                     .arg(format!(
-                        "console=com1 com1=115200 loglvl=all guest_loglvl=all dom0=pvh \
+                        "console=com1 com1=115200 loglvl=all guest_loglvl=all{mode} \
                          dom0_max_vcpus={cpus} dom0_mem=64M"
                     ))
                     .arg("-initrd")

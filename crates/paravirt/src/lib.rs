@@ -22,7 +22,9 @@
 //!
 //! ```ignore
 //! // In the kernel, once, on the boot CPU, interrupts off:
-//! let params = paravirt::InitParams { cmdline, virt_to_phys: |v| v, current_cpu: my_apic_id };
+//! let params = paravirt::InitParams {
+//!     cmdline, virt_to_phys: |v| v, current_cpu: my_apic_id, boot: paravirt::BootFlow::Hardware,
+//! };
 //! let sel = unsafe { paravirt::init(&params) };
 //! paravirt::irq::disable();               // patched to `cli` on native
 //! let now = paravirt::time::clock_ns();   // kvmclock under KVM, TSC natively
@@ -62,6 +64,32 @@ pub struct InitParams<'a> {
     /// The running CPU's number (its APIC ID, below [`MAX_CPUS`]); must work on
     /// every CPU from before it calls any op.
     pub current_cpu: fn() -> u32,
+    /// How the kernel was entered.
+    pub boot: BootFlow,
+}
+
+/// How the kernel was entered, when that decides the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootFlow {
+    /// Entered at ring 0 on (possibly virtualized) hardware: PVH, multiboot, a
+    /// VMM's direct entry. The backend is chosen by probing.
+    Hardware,
+    /// Entered by Xen's PV domain builder in ring 3: only the Xen backend can run
+    /// the kernel (`start_info` is the virtual address Xen passed in `rsi`).
+    XenPv {
+        /// Virtual address of Xen's `start_info`.
+        start_info: u64,
+    },
+}
+
+static BOOT_FLOW: AtomicUsize = AtomicUsize::new(0);
+
+/// Xen PV's `start_info`, when the kernel was entered through Xen's PV builder.
+pub fn xen_pv_start_info() -> Option<u64> {
+    match BOOT_FLOW.load(Ordering::Relaxed) {
+        0 => None,
+        v => Some(v as u64),
+    }
 }
 
 /// Most CPUs the per-CPU state of the backends has room for.
@@ -142,7 +170,13 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
     let src = CpuCpuid;
     let probe = Probe::scan(&src);
     let requested = select::cmdline_value(params.cmdline, "pv");
-    let decision = select::decide(backends::BACKENDS, &probe, &src, requested);
+    let decision = match params.boot {
+        BootFlow::Hardware => select::decide(backends::BACKENDS, &probe, &src, requested),
+        BootFlow::XenPv { start_info } => {
+            BOOT_FLOW.store(start_info as usize, Ordering::Relaxed);
+            select::only(&backends::xen::BACKEND, backends::xen::probe::PV_PRIORITY, requested)
+        }
+    };
     let mut ops = PvOps::NATIVE;
     let env = InitEnv { cpuid: &src, probe: &probe, virt_to_phys: params.virt_to_phys };
     let (provided, abi) = (decision.backend.install)(&env, &mut ops);

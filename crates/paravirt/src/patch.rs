@@ -198,14 +198,16 @@ pub struct PatchStats {
 /// # Safety
 /// Only one CPU may run, with interrupts disabled, and no site may be executing
 /// (call it once at boot). Kernel text must be mapped (it is made writable by
-/// clearing CR0.WP for the duration).
+/// clearing CR0.WP for the duration, through the installed table's cpu ops: a
+/// deprivileged kernel such as Xen PV's cannot, and its text is writable anyway).
 pub unsafe fn apply(decide: impl Fn(Op) -> Patch) -> PatchStats {
     use crate::backends::native::ops as native;
     let mut stats = PatchStats::default();
-    // Use the native functions directly: the sites we rewrite must not be in use.
-    let cr0 = native::read_cr0();
+    // Call the table's functions directly: the sites we rewrite must not be in use.
+    let cpu = crate::table::ops().cpu;
+    let cr0 = (cpu.read_cr0)();
     // SAFETY: clearing WP only lets ring 0 write read-only pages; restored below.
-    unsafe { native::write_cr0(cr0 & !(1 << 16)) };
+    unsafe { (cpu.write_cr0)(cr0 & !(1 << 16)) };
     for rec in sites() {
         let Some(op) = rec.op() else {
             stats.skipped += 1;
@@ -227,7 +229,7 @@ pub unsafe fn apply(decide: impl Fn(Op) -> Patch) -> PatchStats {
         }
     }
     // SAFETY: restores the caller's CR0.
-    unsafe { native::write_cr0(cr0) };
+    unsafe { (cpu.write_cr0)(cr0) };
     // Serialize so the CPU does not run stale prefetched bytes (SDM vol. 3, 8.1.3).
     let _ = native::cpuid(0, 0);
     stats

@@ -169,6 +169,13 @@ pub struct Decision<'a> {
     pub problem: Option<OverrideProblem<'a>>,
 }
 
+/// The decision when the boot flow leaves one possible backend: a `pv=` naming
+/// another is reported as unavailable.
+pub fn only<'a>(backend: &'static Backend, priority: u32, requested: Option<&'a str>) -> Decision<'a> {
+    let problem = requested.filter(|r| *r != backend.name).map(OverrideProblem::Unavailable);
+    Decision { backend, priority, by_override: requested == Some(backend.name), problem }
+}
+
 /// Picks a backend from `backends` (the first entry must be native, which is
 /// always present with priority 0).
 pub fn decide<'a>(

@@ -1,5 +1,5 @@
 //! ABI definitions shared by the VMM (`pvrun`) and the kernel (`pvkernel`): the
-//! public PVH boot structures, and the project's own bench-marker port protocol.
+//! public PVH boot structures, the Xen PV ELF notes, and the project's own bench-marker port protocol.
 //! `no_std`, no dependencies: plain `repr(C)` structs and constants.
 #![no_std]
 #![deny(missing_docs)]
@@ -7,3 +7,4 @@
 
 pub mod bench;
 pub mod pvh;
+pub mod xen_pv;

@@ -30,8 +30,14 @@ pub use paravirt::select::cmdline_value;
 pub fn kernel_main(mut boot: BootInfo) -> ! {
     let bsp = arch::apic::id();
     percpu::init_this_cpu(bsp);
-    arch::gdt::init(bsp);
-    arch::traps::init();
+    // A kernel that owns the CPU loads its tables first, so that faults during
+    // backend set-up are reported; a Xen PV kernel can load them only through
+    // the backend (a trap table instead of an IDT).
+    let owns_hardware = boot.owns_hardware();
+    if owns_hardware {
+        arch::gdt::init(bsp);
+        arch::traps::init();
+    }
     let cmdline = boot.take_cmdline();
     // SAFETY: one CPU, interrupts off, no op in flight; the kernel is identity-mapped.
     let selection = unsafe {
@@ -39,8 +45,13 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
             cmdline,
             virt_to_phys: |v| v,
             current_cpu: percpu::current_id,
+            boot: boot.flow,
         })
     };
+    if !owns_hardware {
+        arch::gdt::init(bsp);
+        arch::traps::init();
+    }
     // Only now: under Xen the console is a hypercall, not the UART.
     tap::line(format_args!("TAP version 14"));
     if boot.regions().is_empty() {
@@ -55,9 +66,17 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
         }
         diag!("memory map: {} ranges from the {} backend", n, selection.decision.backend.name);
     }
-    arch::apic::mask_legacy_pic();
-    arch::apic::init();
+    if owns_hardware {
+        arch::apic::mask_legacy_pic();
+    }
+    arch::apic::init(owns_hardware);
     mm::frame::init(&boot);
+    if let Some((start, end)) = boot.unmapped_ram {
+        match mm::paging::map_identity(start, end) {
+            Ok(()) => diag!("mapped RAM {:#x}..{:#x} the loader left unmapped", start, end),
+            Err(e) => tap::bail_out(format_args!("mapping RAM {:#x}..{:#x}: {:?}", start, end, e)),
+        }
+    }
     if let Err(e) = mm::paging::protect_kernel_text() {
         tap::bail_out(format_args!("write-protecting kernel text: {:?}", e));
     }
@@ -102,8 +121,10 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
 
     boot::smp::mark_online(bsp);
     smp::init();
-    let expected = expected_cpus(boot.cmdline());
-    if expected > 1 {
+    let expected = if owns_hardware { expected_cpus(boot.cmdline()) } else { 1 };
+    if !owns_hardware {
+        diag!("cpus: 1 online; a Xen PV kernel runs on vCPU 0 only (no VCPUOP_initialise bring-up)");
+    } else if expected > 1 {
         let online = boot::smp::start_aps(expected, 1_000_000_000);
         diag!("cpus: {} online (mask {:#x}), {} expected", online.count_ones(), online, expected);
     } else {

@@ -34,6 +34,7 @@ pub struct MmuOps {
     pub set_pmd: unsafe extern "C" fn(*mut u64, u64),
     pub set_pud: unsafe extern "C" fn(*mut u64, u64),
     pub set_p4d: unsafe extern "C" fn(*mut u64, u64),
+    pub read_entry: unsafe extern "C" fn(*const u64) -> u64,
     pub pte_clear: unsafe extern "C" fn(*mut u64),
     pub flush_tlb_all: extern "C" fn(),
     pub flush_tlb_one: extern "C" fn(u64),
@@ -55,6 +56,7 @@ impl MmuOps {
         set_pmd: native::set_entry,
         set_pud: native::set_entry,
         set_p4d: native::set_entry,
+        read_entry: native::read_entry,
         pte_clear: native::pte_clear,
         flush_tlb_all: native::flush_tlb_all,
         flush_tlb_one: native::flush_tlb_one,
@@ -126,6 +128,19 @@ entry_setter!(
     /// Writes a level-4 page-table entry.
     set_p4d, Op::MmuSetP4d
 );
+
+/// Reads a page-table entry of any level, with the frame address as the kernel
+/// knows it (Xen PV stores machine frames in entries and translates them back).
+///
+/// # Safety
+/// `entry` must point into a live page-table page.
+#[inline(always)]
+pub unsafe fn read_entry(entry: *const u64) -> u64 {
+    let v: u64;
+    // SAFETY: forwarded to the caller; a read has no side effect.
+    unsafe { pv_site!(Op::MmuReadEntry; in("rdi") entry, lateout("rax") v,) };
+    v
+}
 
 /// Clears a level-1 page-table entry.
 ///

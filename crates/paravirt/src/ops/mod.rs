@@ -139,6 +139,8 @@ define_ops! {
     MmuSetPud = "mmu.set_pud", mmu.set_pud, Some(&[0x48, 0x89, 0x37]);
     /// `mov [rdi], rsi`.
     MmuSetP4d = "mmu.set_p4d", mmu.set_p4d, Some(&[0x48, 0x89, 0x37]);
+    /// `mov rax, [rdi]`.
+    MmuReadEntry = "mmu.read_entry", mmu.read_entry, Some(&[0x48, 0x8b, 0x07]);
     /// `mov qword ptr [rdi], 0`.
     MmuPteClear = "mmu.pte_clear", mmu.pte_clear,
         Some(&[0x48, 0xc7, 0x07, 0x00, 0x00, 0x00, 0x00]);
@@ -169,6 +171,8 @@ define_ops! {
     TimeWallClock = "time.wall_clock", time.wall_clock, None;
     /// TSC frequency in kHz.
     TimeTscKhz = "time.tsc_khz", time.tsc_khz, None;
+    /// Arm a paravirtual one-shot timer (none natively).
+    TimeSetTimer = "time.set_timer", time.set_timer, None;
     /// End of interrupt.
     ApicEoi = "apic.eoi", apic.eoi, None;
     /// IPI to one CPU.

@@ -24,6 +24,7 @@ pub struct TimeOps {
     pub steal_clock: extern "C" fn(u32) -> u64,
     pub wall_clock: extern "C" fn() -> WallClock,
     pub tsc_khz: extern "C" fn() -> u64,
+    pub set_timer: extern "C" fn(u64, u32) -> bool,
 }
 
 impl TimeOps {
@@ -35,6 +36,7 @@ impl TimeOps {
         steal_clock: native::steal_clock,
         wall_clock: native::wall_clock,
         tsc_khz: native::tsc_khz,
+        set_timer: native::set_timer,
     };
 }
 
@@ -82,4 +84,16 @@ pub fn tsc_khz() -> u64 {
     // SAFETY: reading a frequency has no side effect.
     unsafe { pv_site!(Op::TimeTscKhz; lateout("rax") v,) };
     v
+}
+
+/// Arms this CPU's paravirtual one-shot timer: interrupt `vector` is raised once
+/// [`clock_ns`] reaches `deadline_ns` (a deadline in the past fires at once).
+/// Returns false when the platform has no such timer (natively: program the local
+/// APIC instead). Under Xen PV this is `set_timer_op` with `VIRQ_TIMER`.
+#[inline(always)]
+pub fn set_timer(deadline_ns: u64, vector: u32) -> bool {
+    let armed: u64;
+    // SAFETY: arming a timer only schedules an interrupt the kernel asked for.
+    unsafe { pv_site!(Op::TimeSetTimer; in("rdi") deadline_ns, in("rsi") vector, lateout("rax") armed,) };
+    armed as u8 != 0
 }

@@ -44,10 +44,13 @@ pub fn mask_legacy_pic() {
     }
 }
 
-/// Software-enables the local APIC and installs the vectors it delivers.
-/// Once per CPU, before interrupts are enabled.
-pub fn init() {
-    write(SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
+/// Software-enables the local APIC (when the kernel owns one: not under Xen PV,
+/// whose timer and IPIs arrive as events on the same vectors) and installs the
+/// vectors' handlers. Once per CPU, before interrupts are enabled.
+pub fn init(owns_apic: bool) {
+    if owns_apic {
+        write(SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
+    }
     super::traps::set_irq_handler(TIMER_VECTOR, |_| paravirt::apic::eoi());
     super::traps::set_irq_handler(TEST_IPI_VECTOR, |_| paravirt::apic::eoi());
     super::traps::set_irq_handler(SPURIOUS_VECTOR, |_| {});
@@ -89,8 +92,17 @@ pub fn send_init_sipi_all(vector: u8) {
     }
 }
 
+/// Fires [`TIMER_VECTOR`] once, `ns` from now: through the platform's
+/// paravirtual timer when it has one, else the APIC timer, counted as 1 GHz
+/// (the rate of every APIC timer we run on; only "soon" matters to callers).
+pub fn arm_timer(ns: u64) {
+    if !paravirt::time::set_timer(paravirt::time::clock_ns() + ns, u32::from(TIMER_VECTOR)) {
+        one_shot(ns.min(u64::from(u32::MAX)) as u32);
+    }
+}
+
 /// Fires [`TIMER_VECTOR`] once after `ticks` APIC-timer ticks (divide by 1).
-pub fn one_shot(ticks: u32) {
+fn one_shot(ticks: u32) {
     write(TIMER_DIVIDE, 0xb);
     write(LVT_TIMER, u32::from(TIMER_VECTOR));
     write(TIMER_INITIAL, ticks);

@@ -3,6 +3,7 @@
 
 pub mod pvh;
 pub mod smp;
+pub mod xenpv;
 
 /// Largest number of memory regions kept.
 pub const MAX_REGIONS: usize = 64;
@@ -53,8 +54,14 @@ static CMDLINE: crate::sync::BootCell<([u8; MAX_CMDLINE], usize)> =
 
 /// What the boot protocol told us.
 pub struct BootInfo {
-    /// Boot protocol name ("pvh").
+    /// Boot protocol name ("pvh", "xen-pv").
     pub protocol: &'static str,
+    /// How the kernel was entered (decides whether it owns the hardware).
+    pub flow: paravirt::BootFlow,
+    /// RAM the loader left unmapped, `[start, end)`: the kernel maps it at its
+    /// physical address before handing out frames from it (Xen PV maps only the
+    /// first few MiB).
+    pub unmapped_ram: Option<(u64, u64)>,
     /// Version of the loader's structure.
     pub version: u32,
     /// Physical address of the loader's structure.
@@ -75,6 +82,8 @@ impl BootInfo {
     pub const fn empty(protocol: &'static str) -> Self {
         BootInfo {
             protocol,
+            flow: paravirt::BootFlow::Hardware,
+            unmapped_ram: None,
             version: 0,
             start_info_paddr: 0,
             regions: [MemRegion { start: 0, len: 0, kind: MemKind::Reserved }; MAX_REGIONS],
@@ -133,6 +142,12 @@ impl BootInfo {
         slot.0 = self.cmdline;
         slot.1 = self.cmdline_len;
         self.cmdline()
+    }
+
+    /// Whether the kernel owns the CPU's privileged state and the local APIC
+    /// (false for a Xen PV guest, which runs in ring 3 without either).
+    pub fn owns_hardware(&self) -> bool {
+        self.flow == paravirt::BootFlow::Hardware
     }
 
     /// Total usable RAM in bytes.

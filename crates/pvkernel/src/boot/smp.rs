@@ -169,7 +169,7 @@ extern "C" fn ap_entry(_arrival: u32) -> ! {
     crate::percpu::init_this_cpu(apic_id);
     crate::arch::gdt::init(apic_id);
     crate::arch::traps::load_on_this_cpu();
-    crate::arch::apic::init();
+    crate::arch::apic::init(true);
     paravirt::init_secondary();
     mark_online(apic_id);
     crate::smp::idle()

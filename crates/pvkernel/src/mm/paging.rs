@@ -1,6 +1,7 @@
 //! 4-level page tables: map, unmap and translate 4 KiB pages in the current address
-//! space. Entries are written only through `paravirt::mmu` so a backend can trap or
-//! batch them.
+//! space. Entries are written and read only through `paravirt::mmu` so a backend
+//! can trap or batch the writes and translate the frames (Xen PV stores machine
+//! frames in entries).
 
 use paravirt::mmu;
 use paravirt::mmu::level as mmu_level;
@@ -49,8 +50,8 @@ fn walk(root: u64, va: u64, create: bool) -> Result<*mut u64, MapError> {
     for level in (2..=4).rev() {
         // SAFETY: `table` is a page-table page (identity-mapped) and the index < 512.
         let slot = unsafe { table_at(table).add(index(va, level)) };
-        // SAFETY: as above; entries are read with a plain load.
-        let entry = unsafe { slot.read_volatile() };
+        // SAFETY: as above.
+        let entry = unsafe { mmu::read_entry(slot) };
         if entry & PRESENT == 0 {
             if !create {
                 return Err(MapError::NotMapped);
@@ -98,7 +99,7 @@ pub fn entry(va: u64) -> Option<*mut u64> {
 pub unsafe fn map_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
     let slot = walk(root, va, true)?;
     // SAFETY: `slot` is a valid level-1 entry.
-    if unsafe { slot.read_volatile() } & PRESENT != 0 {
+    if unsafe { mmu::read_entry(slot) } & PRESENT != 0 {
         return Err(MapError::AlreadyMapped);
     }
     // SAFETY: as above; the caller vouches for the mapping.
@@ -114,7 +115,7 @@ pub unsafe fn map_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapE
 pub unsafe fn unmap(va: u64) -> Result<u64, MapError> {
     let slot = walk(root(), va, false)?;
     // SAFETY: `slot` is a valid level-1 entry.
-    let old = unsafe { slot.read_volatile() };
+    let old = unsafe { mmu::read_entry(slot) };
     if old & PRESENT == 0 {
         return Err(MapError::NotMapped);
     }
@@ -129,7 +130,7 @@ pub fn translate(va: u64) -> Option<u64> {
     let mut table = root();
     for level in (1..=4).rev() {
         // SAFETY: `table` is a page-table page; index < 512.
-        let entry = unsafe { table_at(table).add(index(va, level)).read_volatile() };
+        let entry = unsafe { mmu::read_entry(table_at(table).add(index(va, level))) };
         if entry & PRESENT == 0 {
             return None;
         }
@@ -142,9 +143,10 @@ pub fn translate(va: u64) -> Option<u64> {
     None
 }
 
-/// Remaps the first 2 MiB with 4 KiB pages so that kernel text and read-only data
-/// are read-only. Once, at boot, after patching (the patcher still clears CR0.WP
-/// for its writes, so this order is a belt, not a requirement).
+/// Makes kernel text and read-only data read-only. Once, at boot, after patching
+/// (the patcher still clears CR0.WP for its writes, so this order is a belt, not
+/// a requirement). When the boot tables map the first 2 MiB with one large page
+/// (PVH entry), that page is split into 4 KiB pages first.
 pub fn protect_kernel_text() -> Result<(), MapError> {
     let (ro_start, ro_end) = super::kernel_read_only();
     if ro_end > HUGE_PAGE {
@@ -153,13 +155,13 @@ pub fn protect_kernel_text() -> Result<(), MapError> {
     let root = root();
     // SAFETY: the boot tables map the first GiB through pml4[0] -> pdpt[0] -> pd.
     let pd = unsafe {
-        let pdpt = table_at(root).read_volatile() & ADDR_MASK;
-        table_at(pdpt).read_volatile() & ADDR_MASK
+        let pdpt = mmu::read_entry(table_at(root)) & ADDR_MASK;
+        mmu::read_entry(table_at(pdpt)) & ADDR_MASK
     };
     let pd0 = table_at(pd);
     // SAFETY: pd0 is the level-2 entry mapping [0, 2 MiB).
-    if unsafe { pd0.read_volatile() } & HUGE == 0 {
-        return Ok(()); // already split
+    if unsafe { mmu::read_entry(pd0) } & HUGE == 0 {
+        return write_protect(ro_start, ro_end);
     }
     let pt = frame::alloc().ok_or(MapError::OutOfFrames)?;
     for i in 0..512u64 {
@@ -174,6 +176,49 @@ pub fn protect_kernel_text() -> Result<(), MapError> {
     unsafe { mmu::set_pmd(pd0, pt | PRESENT | WRITABLE) };
     mmu::flush_tlb_all();
     Ok(())
+}
+
+/// Clears the write bit of every 4 KiB page in `[start, end)`, in one batch.
+fn write_protect(start: u64, end: u64) -> Result<(), MapError> {
+    let root = root();
+    mmu::lazy_enter();
+    let mut result = Ok(());
+    for va in (start..end).step_by(PAGE_SIZE as usize) {
+        match walk(root, va, false) {
+            Ok(slot) => {
+                // SAFETY: `slot` is the live level-1 entry of kernel text/rodata;
+                // dropping write access keeps every mapping the kernel relies on.
+                unsafe {
+                    let e = mmu::read_entry(slot);
+                    mmu::set_pte(slot, e & !WRITABLE);
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    mmu::flush_tlb_all();
+    mmu::lazy_leave();
+    result
+}
+
+/// Maps `[start, end)` at its physical address (for RAM the loader did not map),
+/// batching the entry writes. Once, at boot, before frames from that range are
+/// handed out: the tables come from frames the loader did map.
+pub fn map_identity(start: u64, end: u64) -> Result<(), MapError> {
+    mmu::lazy_enter();
+    let mut result = Ok(());
+    for pa in (start..end).step_by(PAGE_SIZE as usize) {
+        // SAFETY: RAM nobody uses yet, mapped at its own address like the rest.
+        if let Err(e) = unsafe { map(pa, pa, WRITABLE) } {
+            result = Err(e);
+            break;
+        }
+    }
+    mmu::lazy_leave();
+    result
 }
 
 /// Size of a level-2 large page.

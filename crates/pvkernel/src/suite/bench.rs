@@ -79,6 +79,9 @@ fn bench_iters(ctx: &Ctx) -> u64 {
 }
 
 fn patch_bench(ctx: &mut Ctx) -> TestResult {
+    if !ctx.boot.owns_hardware() {
+        return super::skip("raw privileged instructions fault in a deprivileged (Xen PV) kernel");
+    }
     let iters = bench_iters(ctx);
     let reps: u32 = crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.bench.reps")
         .and_then(|v| v.parse().ok())
@@ -91,7 +94,7 @@ fn patch_bench(ctx: &mut Ctx) -> TestResult {
     unsafe { paging::map(va, f, paging::WRITABLE) }.map_err(|e| alloc::format!("map: {:?}", e))?;
     let pte = paging::entry(va).ok_or(String::from("no PTE"))?;
     // SAFETY: the entry just written.
-    let env = BenchEnv { pte, pte_value: unsafe { pte.read_volatile() }, va };
+    let env = BenchEnv { pte, pte_value: unsafe { paravirt::mmu::read_entry(pte) }, va };
     let flags = irq::save_flags();
     irq::disable();
     let mut mismatches = String::new();

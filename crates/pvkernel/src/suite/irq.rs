@@ -32,15 +32,24 @@ fn save_restore_nesting(_: &mut Ctx) -> TestResult {
     Ok(())
 }
 
-fn safe_halt_wakes(_: &mut Ctx) -> TestResult {
+fn safe_halt_wakes(ctx: &mut Ctx) -> TestResult {
+    let xen_events = paravirt::backends::xen::events::delivered;
+    let xen_timer = ctx.selection.decision.backend.name == "xen"
+        && ctx.selection.provided.contains(paravirt::ops::Op::TimeSetTimer);
     irq::disable();
-    let before = traps::irq_count(apic::TIMER_VECTOR);
-    apic::one_shot(1_000_000); // ~1 ms at a 1 GHz APIC timer
-                               // SAFETY: the IDT is loaded; the timer handler acknowledges the interrupt.
+    let (before, events_before) = (traps::irq_count(apic::TIMER_VECTOR), xen_events());
+    apic::arm_timer(1_000_000);
+    // SAFETY: the IDT is loaded; the timer handler acknowledges the interrupt.
     unsafe { irq::safe_halt() };
     irq::disable();
     let after = traps::irq_count(apic::TIMER_VECTOR);
     ensure!(after > before, "woke without the timer interrupt ({} -> {})", before, after);
+    if xen_timer {
+        // The tick must have come as a Xen event (VIRQ_TIMER), not from the APIC.
+        let events = xen_events() - events_before;
+        crate::diag!("timer: {} Xen event(s) delivered through the upcall", events);
+        ensure!(events > 0, "the Xen timer fired no event");
+    }
     Ok(())
 }
 

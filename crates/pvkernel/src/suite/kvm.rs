@@ -49,7 +49,7 @@ fn eoi_counted(ctx: &mut Ctx) -> TestResult {
     }
     paravirt::irq::disable();
     let ticks = traps::irq_count(apic::TIMER_VECTOR);
-    apic::one_shot(1_000_000);
+    apic::arm_timer(1_000_000);
     // SAFETY: the IDT is loaded; the timer handler acknowledges through apic.eoi.
     unsafe { paravirt::irq::safe_halt() };
     paravirt::irq::disable();

@@ -126,7 +126,7 @@ pub fn clock_marks(ctx: &mut Ctx) -> TestResult {
 fn sleep_until(when: u64) {
     while time::clock_ns() < when {
         paravirt::irq::disable();
-        crate::arch::apic::one_shot(10_000_000);
+        crate::arch::apic::arm_timer(10_000_000);
         // SAFETY: the IDT is loaded; the timer handler acknowledges.
         unsafe { paravirt::irq::safe_halt() };
         paravirt::irq::disable();

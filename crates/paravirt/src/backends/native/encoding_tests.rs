@@ -55,6 +55,7 @@ assembled! {
     mmu_set_pmd: "mov [rdi], rsi";
     mmu_set_pud: "mov [rdi], rsi";
     mmu_set_p4d: "mov [rdi], rsi";
+    mmu_read_entry: "mov rax, [rdi]";
     mmu_pte_clear: "mov qword ptr [rdi], 0";
     mmu_flush_tlb_all: "mov rax, cr3; mov cr3, rax";
     mmu_flush_tlb_one: "invlpg [rdi]";

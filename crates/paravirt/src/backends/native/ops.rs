@@ -190,6 +190,11 @@ pub(crate) unsafe extern "C" fn set_entry(entry: *mut u64, value: u64) {
     unsafe { core::ptr::write_volatile(entry, value) };
 }
 
+pub(crate) unsafe extern "C" fn read_entry(entry: *const u64) -> u64 {
+    // SAFETY: the caller guarantees `entry` is a live page-table slot.
+    unsafe { core::ptr::read_volatile(entry) }
+}
+
 pub(crate) unsafe extern "C" fn pte_clear(entry: *mut u64) {
     // SAFETY: as set_entry.
     unsafe { core::ptr::write_volatile(entry, 0) };
@@ -385,6 +390,11 @@ fn calibrate_tsc_with_pit() -> u64 {
 /// so it need not calibrate.
 pub(crate) fn seed_tsc_khz(khz: u64) {
     TSC_KHZ.store(khz, Ordering::Relaxed);
+}
+
+/// No paravirtual timer on bare hardware: the kernel programs its local APIC.
+pub(crate) extern "C" fn set_timer(_deadline_ns: u64, _vector: u32) -> bool {
+    false
 }
 
 pub(crate) extern "C" fn tsc_khz() -> u64 {

@@ -1,9 +1,12 @@
-//! Xen's public ABI, the parts the PVH/HVM flavour uses.
+//! Xen's public ABI, the parts both flavours use.
 //!
-//! Sources: Xen `xen/include/public/xen.h` (hypercall numbers, `SCHEDOP_*` via
-//! `sched.h`, console_io), `xen/include/public/arch-x86/cpuid.h` (the CPUID
-//! leaves), `xen/include/public/sched.h`, `xen/include/public/memory.h`
-//! (`XENMEM_memory_map`, `struct xen_memory_map`), `xen/include/public/physdev.h`.
+//! Sources: Xen `xen/include/public/xen.h` (hypercall numbers, `start_info`,
+//! `shared_info`/`vcpu_info`, `mmu_update`, `mmuext_op`, `multicall_entry`,
+//! console_io), `xen/include/public/arch-x86/xen.h` and `xen-x86_64.h`
+//! (`trap_info`, flat selectors, the M2P address, `arch_vcpu_info`),
+//! `xen/include/public/arch-x86/cpuid.h` (the CPUID leaves), `sched.h`,
+//! `memory.h` (`XENMEM_memory_map`, `struct xen_memory_map`), `physdev.h`,
+//! `event_channel.h`, `callback.h`, `vcpu.h`.
 
 /// Signature at the Xen CPUID base (cpuid.h: "XenVMMXenVMM").
 pub const SIGNATURE: &[u8; 12] = b"XenVMMXenVMM";
@@ -18,15 +21,193 @@ pub mod leaf {
     pub const TIME: u32 = 3;
 }
 
-/// Hypercall numbers (xen.h).
+/// Hypercall numbers (xen.h, `__HYPERVISOR_*`).
 pub mod hypercall {
+    /// `set_trap_table(const struct trap_info *)`.
+    pub const SET_TRAP_TABLE: u32 = 0;
+    /// `mmu_update(reqs, count, done, domid)`.
+    pub const MMU_UPDATE: u32 = 1;
+    /// `set_callbacks(event, failsafe, syscall)` (x86-64).
+    pub const SET_CALLBACKS: u32 = 4;
+    /// `fpu_taskswitch(set)`: sets or clears CR0.TS.
+    pub const FPU_TASKSWITCH: u32 = 5;
     /// `memory_op`.
     pub const MEMORY_OP: u32 = 12;
+    /// `multicall(entries, count)`.
+    pub const MULTICALL: u32 = 13;
+    /// `update_va_mapping(va, pte, flags)`.
+    pub const UPDATE_VA_MAPPING: u32 = 14;
+    /// `set_timer_op(absolute system time in ns)`.
+    pub const SET_TIMER_OP: u32 = 15;
+    /// `xen_version(cmd, arg)`; any hypercall delivers pending events on return.
+    pub const XEN_VERSION: u32 = 17;
     /// `console_io`.
     pub const CONSOLE_IO: u32 = 18;
+    /// `vcpu_op(cmd, vcpu, arg)`.
+    pub const VCPU_OP: u32 = 24;
+    /// `mmuext_op(ops, count, done, domid)`.
+    pub const MMUEXT_OP: u32 = 26;
     /// `sched_op`.
     pub const SCHED_OP: u32 = 29;
+    /// `event_channel_op(cmd, arg)`.
+    pub const EVENT_CHANNEL_OP: u32 = 32;
+    /// `physdev_op(cmd, arg)`.
+    pub const PHYSDEV_OP: u32 = 33;
+    /// `hvm_op(cmd, arg)`.
+    pub const HVM_OP: u32 = 34;
 }
+
+/// `hvm_op` command setting an HVM parameter (hvm/hvm_op.h), argument
+/// [`XenHvmParam`].
+pub const HVMOP_SET_PARAM: u64 = 0;
+/// The parameter naming how event upcalls reach an HVM guest (hvm/params.h).
+pub const HVM_PARAM_CALLBACK_IRQ: u32 = 0;
+/// `HVM_PARAM_CALLBACK_IRQ` value type "vector" (bits 63:56 = 2; bits 7:0 = the
+/// vector): the upcall arrives as that interrupt vector, with no EOI needed.
+pub const HVM_PARAM_CALLBACK_TYPE_VECTOR: u64 = 2 << 56;
+
+/// `struct xen_hvm_param` (hvm/hvm_op.h), 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct XenHvmParam {
+    /// Domain ([`DOMID_SELF`]).
+    pub domid: u16,
+    /// Padding.
+    pub pad: u16,
+    /// `HVM_PARAM_*`.
+    pub index: u32,
+    /// The value.
+    pub value: u64,
+}
+
+/// Xen PV: the guest-visible layout of a 64-bit PV domain.
+pub mod pv {
+    /// `start_info.magic` starts with this (xen.h: "xen-<version>-<platform>").
+    pub const START_INFO_MAGIC: &[u8; 4] = b"xen-";
+    /// Offsets into `struct start_info` on x86-64 (xen.h).
+    pub mod start_info {
+        /// `nr_pages`: pages given to the domain.
+        pub const NR_PAGES: usize = 32;
+        /// `shared_info`: MACHINE address of the shared-info page.
+        pub const SHARED_INFO: usize = 40;
+        /// `flags`: `SIF_*`.
+        pub const FLAGS: usize = 48;
+        /// `pt_base`: VIRTUAL address of the bootstrap top-level table.
+        pub const PT_BASE: usize = 88;
+        /// `nr_pt_frames`: bootstrap page-table frames (they follow `pt_base`).
+        pub const NR_PT_FRAMES: usize = 96;
+        /// `mfn_list`: VIRTUAL address of the pfn-to-mfn list.
+        pub const MFN_LIST: usize = 104;
+        /// `cmd_line`: NUL-terminated, 1024 bytes.
+        pub const CMD_LINE: usize = 128;
+        /// Size of `cmd_line`.
+        pub const CMD_LINE_SIZE: usize = 1024;
+    }
+    /// `SIF_INITDOMAIN`: this is dom0.
+    pub const SIF_INITDOMAIN: u32 = 1 << 1;
+    /// The read-only machine-to-phys table (xen-x86_64.h `MACH2PHYS_VIRT_START`).
+    pub const MACH2PHYS_VIRT_START: u64 = 0xffff_8000_0000_0000;
+    /// 64-bit kernel code selector in Xen's GDT (xen-x86_64.h `FLAT_KERNEL_CS64`).
+    pub const FLAT_KERNEL_CS64: u16 = 0xe033;
+}
+
+/// `struct trap_info` (arch-x86/xen.h): one exception's handler. A table ends
+/// with an all-zero entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapInfo {
+    /// Exception vector.
+    pub vector: u8,
+    /// Bits 0-1: DPL (who may `int n` it); bit 2: mask events on entry.
+    pub flags: u8,
+    /// Code selector.
+    pub cs: u16,
+    /// Handler (virtual address).
+    pub address: u64,
+}
+
+/// `struct mmu_update` (xen.h): `ptr` is the MACHINE address of the entry, its
+/// low two bits the command; `val` the new entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmuUpdate {
+    /// Entry's machine address | `MMU_*`.
+    pub ptr: u64,
+    /// New contents.
+    pub val: u64,
+}
+
+/// `mmu_update` command: a checked write to a page-table entry (xen.h).
+pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+
+/// `struct mmuext_op` (xen.h), 24 bytes on x86-64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmuextOp {
+    /// `MMUEXT_*`.
+    pub cmd: u32,
+    /// Padding.
+    pub pad: u32,
+    /// mfn or linear address.
+    pub arg1: u64,
+    /// Entry count, vCPU-mask pointer or source mfn.
+    pub arg2: u64,
+}
+
+/// `mmuext_op` commands (xen.h).
+pub mod mmuext {
+    /// Pin a top-level table (validates the whole tree).
+    pub const PIN_L4_TABLE: u32 = 3;
+    /// Drop a pin.
+    pub const UNPIN_TABLE: u32 = 4;
+    /// Load a new top-level table (the PV `mov cr3`).
+    pub const NEW_BASEPTR: u32 = 5;
+    /// Flush this vCPU's TLB.
+    pub const TLB_FLUSH_LOCAL: u32 = 6;
+    /// Flush one address on this vCPU.
+    pub const INVLPG_LOCAL: u32 = 7;
+    /// Flush the TLBs of every vCPU of the domain.
+    pub const TLB_FLUSH_ALL: u32 = 10;
+    /// Write back and invalidate caches (the PV `wbinvd`).
+    pub const FLUSH_CACHE: u32 = 12;
+}
+
+/// `update_va_mapping` flags (xen.h): invalidate just that address, locally.
+pub const UVMF_INVLPG: u64 = 2;
+
+/// `struct multicall_entry` (xen.h): one hypercall of a batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MulticallEntry {
+    /// Hypercall number.
+    pub op: u64,
+    /// Its result (written by Xen).
+    pub result: i64,
+    /// Its arguments.
+    pub args: [u64; 6],
+}
+
+/// `event_channel_op` commands and arguments (event_channel.h).
+pub mod evtchn {
+    /// Bind a virtual IRQ: `struct evtchn_bind_virq { virq, vcpu, port(out) }`.
+    pub const BIND_VIRQ: u64 = 1;
+    /// Notify a port: `struct evtchn_send { port }`.
+    pub const SEND: u64 = 4;
+    /// Bind an IPI port: `struct evtchn_bind_ipi { vcpu, port(out) }`.
+    pub const BIND_IPI: u64 = 7;
+    /// Unmask a port (and redeliver if pending): `struct evtchn_unmask { port }`.
+    pub const UNMASK: u64 = 9;
+    /// The per-vCPU one-shot timer (xen.h `VIRQ_TIMER`).
+    pub const VIRQ_TIMER: u32 = 0;
+}
+
+/// `vcpu_op` command stopping the vCPU's default 100 Hz periodic timer
+/// (vcpu.h `VCPUOP_stop_periodic_timer`): only the one-shot timer remains.
+pub const VCPUOP_STOP_PERIODIC_TIMER: u64 = 7;
+
+/// `physdev_op` command setting the virtual I/O privilege level (physdev.h),
+/// argument `struct physdev_set_iopl { iopl }`.
+pub const PHYSDEVOP_SET_IOPL: u64 = 6;
 
 /// `console_io` command: write to the console (xen.h).
 pub const CONSOLEIO_WRITE: u64 = 0;
@@ -84,6 +265,21 @@ pub mod shared_info {
     pub const VCPU_INFO_SIZE: usize = 64;
     /// Offset of `time` (a pvclock record) in a `vcpu_info`.
     pub const VCPU_TIME: usize = 32;
+    /// `vcpu_info` offsets (xen.h; `arch_vcpu_info` from arch-x86/xen.h).
+    pub mod vcpu_info {
+        /// `evtchn_upcall_pending` (u8).
+        pub const UPCALL_PENDING: usize = 0;
+        /// `evtchn_upcall_mask` (u8): events masked, the PV "interrupt flag".
+        pub const UPCALL_MASK: usize = 1;
+        /// `evtchn_pending_sel` (u64): which words of `evtchn_pending` to scan.
+        pub const PENDING_SEL: usize = 8;
+        /// `arch.cr2`: the faulting address of the last #PF.
+        pub const CR2: usize = 16;
+    }
+    /// `shared_info.evtchn_pending` (64 words).
+    pub const EVTCHN_PENDING: usize = 0x800;
+    /// `shared_info.evtchn_mask` (64 words).
+    pub const EVTCHN_MASK: usize = 0xa00;
     /// `wc_version`: the wall clock's seqlock.
     pub const WC_VERSION: usize = 0xc00;
     /// `wc_sec`: seconds at system time 0.
@@ -132,5 +328,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<XenMemoryMap>(), 16);
         assert_eq!(core::mem::size_of::<XenAddToPhysmap>(), 24);
         assert_eq!(core::mem::offset_of!(XenAddToPhysmap, gpfn), 16);
+        assert_eq!(core::mem::size_of::<TrapInfo>(), 16);
+        assert_eq!(core::mem::size_of::<XenHvmParam>(), 16);
+        assert_eq!(core::mem::size_of::<MmuUpdate>(), 16);
+        assert_eq!(core::mem::size_of::<MmuextOp>(), 24);
+        assert_eq!(core::mem::size_of::<MulticallEntry>(), 64);
     }
 }

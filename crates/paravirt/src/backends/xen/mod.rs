@@ -1,19 +1,36 @@
-//! The Xen backend, PVH/HVM flavour: a hypercall page, the Xen console, Xen's
-//! shutdown and memory map, and the TSC frequency from Xen's time leaf; every other
-//! op stays native (hardware virtualization). The PV flavour (ring-3 kernel, page
-//! tables by hypercall) is not implemented.
+//! The Xen backend, both flavours.
+//!
+//! - PVH/HVM ([`ops`]): hardware virtualizes the CPU, so most ops stay native;
+//!   Xen supplies the console, shutdown, the memory map and the clocks.
+//! - PV ([`pv`]): the kernel runs deprivileged in ring 3 and every privileged op
+//!   becomes a hypercall or a `vcpu_info` access. Chosen by the boot flow (Xen's
+//!   PV domain builder entered the kernel), never by probing.
 
 pub mod abi;
+pub mod events;
+pub mod hypercall;
 pub mod ops;
 pub mod probe;
+pub mod pv;
 
-use crate::select::Backend;
+use crate::select::{AbiLine, Backend, InitEnv, OpSet};
+use crate::table::PvOps;
 
 /// Xen.
-pub const BACKEND: Backend = Backend {
-    name: "xen",
-    detect: probe::detect,
-    install: ops::install,
-    init_cpu: |_| {},
-    memory_map: ops::memory_map,
-};
+pub const BACKEND: Backend =
+    Backend { name: "xen", detect: probe::detect, install, init_cpu: |_| {}, memory_map };
+
+fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
+    match crate::xen_pv_start_info() {
+        Some(start_info) => pv::install(start_info, ops),
+        None => ops::install(env, ops),
+    }
+}
+
+/// PV guests take their memory from `start_info` (the boot protocol's job).
+fn memory_map(out: &mut [crate::MemoryRange]) -> usize {
+    match crate::xen_pv_start_info() {
+        Some(_) => 0,
+        None => ops::memory_map(out),
+    }
+}

@@ -1,6 +1,7 @@
 //! The mapping from the API onto Xen, PVH/HVM flavour: the CPU virtualizes
 //! privileged instructions in hardware, so most ops stay native; Xen supplies
-//! what hardware cannot.
+//! what hardware cannot. The console, power and clock functions here serve the
+//! PV flavour ([`super::pv`]) too.
 //!
 //! | op / service | Xen mechanism |
 //! |--------------|---------------|
@@ -11,69 +12,47 @@
 //! | time.tsc_khz (and the native TSC clock) | CPUID base+3 (time leaf), ECX |
 //! | time.clock_ns, sched_clock, wall_clock | pvclock in `shared_info` (mapped with `XENMEM_add_to_physmap`), vCPU 0's record, kept monotonic; `wc_*` for the wall clock |
 //! | memory map | `memory_op(XENMEM_memory_map)` (hvm_start_info v0 has none) |
+//! | time.set_timer | `set_timer_op` + `VIRQ_TIMER`, delivered through `HVM_PARAM_CALLBACK_IRQ` (vector callback, [`CALLBACK_VECTOR`]) on the boot vCPU |
+//! | cpu.load_idt | native `lidt`, with the callback vector's gate claimed first |
+//! | irq.safe_halt | native `sti; hlt`: Xen turns the HLT exit into `SCHEDOP_block`, and the `sti` shadow keeps the wake-up race closed |
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::abi::XenHvmParam;
 use super::abi::{self, hypercall as hc, shared_info as si, E820Entry, XenAddToPhysmap, XenMemoryMap};
+use super::events;
+use super::hypercall::{call3 as hypercall3, ptr, Page, XEN_HYPERCALL_PAGE};
 use super::probe;
 use crate::backends::native::ops as native;
 use crate::backends::pvclock::{self, PvclockVcpuTimeInfo};
+use crate::ops::cpu::DescriptorTablePointer;
 use crate::ops::time::WallClock;
 use crate::ops::Op;
 use crate::select::{AbiLine, InitEnv, OpSet};
 use crate::table::PvOps;
 use crate::{virt_to_phys, MemoryRange};
 
-#[repr(C, align(4096))]
-struct Page(UnsafeCell<[u8; 4096]>);
-
-// SAFETY: Xen fills the page once at install; afterwards it is only executed.
-unsafe impl Sync for Page {}
-
-/// The hypercall page (Xen writes one 32-byte stub per hypercall into it). It
-/// lives in `.data` so it is in an executable, writable mapping.
-#[link_section = ".data.xen_hypercall_page"]
-static HYPERCALL_PAGE: Page = Page(UnsafeCell::new([0xc3; 4096]));
-
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
 
-/// The page Xen's `shared_info` is mapped over.
-static SHARED_INFO: Page = Page(UnsafeCell::new([0; 4096]));
+/// The page Xen's `shared_info` is mapped over (HVM: by `XENMEM_add_to_physmap`
+/// at its frame; PV: by `update_va_mapping` at its address).
+pub(super) static SHARED_INFO: Page = Page(UnsafeCell::new([0; 4096]));
 static LAST_NS: pvclock::Monotonic = pvclock::Monotonic::new();
 static BOOT_NS: AtomicU64 = AtomicU64::new(0);
-
-/// Calls hypercall `nr` with up to three arguments (rdi, rsi, rdx).
-fn hypercall3(nr: u32, a0: u64, a1: u64, a2: u64) -> i64 {
-    let stub = HYPERCALL_PAGE.0.get() as u64 + u64::from(nr) * abi::HYPERCALL_STUB_SIZE;
-    let ret: i64;
-    // SAFETY: Xen installed the page at `install`; each stub follows the C ABI
-    // (arguments in rdi, rsi, rdx, r10, r8; result in rax).
-    unsafe {
-        core::arch::asm!("call {stub}", stub = in(reg) stub,
-            inlateout("rdi") a0 => _, inlateout("rsi") a1 => _, inlateout("rdx") a2 => _,
-            lateout("rax") ret, clobber_abi("C"));
-    }
-    ret
-}
 
 /// Installs the hypercall page and overrides the ops Xen serves.
 pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     let base = probe::base(env.probe).unwrap_or(0x4000_0000);
     let version = env.cpuid.cpuid(base + abi::leaf::VERSION, 0).eax;
     let pages = env.cpuid.cpuid(base + abi::leaf::HYPERCALL_PAGES, 0);
-    let page_pa = virt_to_phys(HYPERCALL_PAGE.0.get() as u64);
+    let page_pa = virt_to_phys(XEN_HYPERCALL_PAGE.0.get() as u64);
     // SAFETY: the MSR CPUID names installs hypercall pages at the given guest
     // physical address; ours is a page-aligned static the kernel never touches.
     unsafe { native::write_msr(pages.ebx, page_pa) };
 
     let mut set = OpSet::EMPTY;
-    ops.console.write = console_write;
-    set.insert(Op::ConsoleWrite);
-    ops.power.shutdown = shutdown;
-    ops.power.reboot = reboot;
-    set.insert(Op::PowerShutdown);
-    set.insert(Op::PowerReboot);
+    install_common(ops, &mut set);
     let khz = env.cpuid.cpuid(base + abi::leaf::TIME, 0).ecx;
     if khz != 0 {
         TSC_KHZ.store(u64::from(khz), Ordering::Relaxed);
@@ -82,15 +61,104 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
         set.insert(Op::TimeTscKhz);
     }
     if map_shared_info() {
-        ops.time.clock_ns = clock_ns;
-        ops.time.sched_clock = sched_clock;
-        ops.time.wall_clock = wall_clock;
-        for op in [Op::TimeClockNs, Op::TimeSchedClock, Op::TimeWallClock] {
-            set.insert(op);
+        install_clocks(ops, &mut set);
+        if install_event_callback() {
+            ops.cpu.load_idt = load_idt;
+            ops.time.set_timer = set_timer;
+            set.insert(Op::CpuLoadIdt);
+            set.insert(Op::TimeSetTimer);
         }
-        BOOT_NS.store(clock_ns(), Ordering::Relaxed);
     }
     (set, AbiLine { name: "xen-hvm", features: Some(u64::from(version)) })
+}
+
+/// The ops both flavours serve the same way: the console and power.
+pub(super) fn install_common(ops: &mut PvOps, set: &mut OpSet) {
+    ops.console.write = console_write;
+    set.insert(Op::ConsoleWrite);
+    ops.power.shutdown = shutdown;
+    ops.power.reboot = reboot;
+    set.insert(Op::PowerShutdown);
+    set.insert(Op::PowerReboot);
+}
+
+/// The clocks from the mapped `shared_info` (both flavours).
+pub(super) fn install_clocks(ops: &mut PvOps, set: &mut OpSet) {
+    ops.time.clock_ns = clock_ns;
+    ops.time.sched_clock = sched_clock;
+    ops.time.wall_clock = wall_clock;
+    for op in [Op::TimeClockNs, Op::TimeSchedClock, Op::TimeWallClock] {
+        set.insert(op);
+    }
+    BOOT_NS.store(clock_ns(), Ordering::Relaxed);
+}
+
+/// Vector the HVM event callback arrives on (as Linux's
+/// `HYPERVISOR_CALLBACK_VECTOR`): the backend claims it in the kernel's IDT.
+pub const CALLBACK_VECTOR: u8 = 0xf3;
+
+/// Binds the timer port and asks Xen for the callback vector; claims the vector
+/// in the IDT the kernel already loaded. False if Xen refused.
+fn install_event_callback() -> bool {
+    events::bind_timer();
+    if events::TIMER_PORT.load(Ordering::Relaxed) == events::NO_PORT {
+        return false;
+    }
+    let param = XenHvmParam {
+        domid: abi::DOMID_SELF,
+        pad: 0,
+        index: abi::HVM_PARAM_CALLBACK_IRQ,
+        value: abi::HVM_PARAM_CALLBACK_TYPE_VECTOR | u64::from(CALLBACK_VECTOR),
+    };
+    if hypercall3(hc::HVM_OP, abi::HVMOP_SET_PARAM, ptr(&param), 0) != 0 {
+        return false;
+    }
+    let mut idt = DescriptorTablePointer { limit: 0, base: 0 };
+    // SAFETY: `sidt` stores the current IDT register into `idt`.
+    unsafe { core::arch::asm!("sidt [{}]", in(reg) &mut idt, options(nostack)) };
+    // SAFETY: the register describes the IDT the kernel loaded (or an empty one).
+    unsafe { claim_callback_gate(&idt) };
+    true
+}
+
+/// Records the IDT's handlers (the upcall runs them) and points the callback
+/// vector's gate at the upcall, as an interrupt gate with the kernel's code
+/// selector. Leaves an IDT too short for the vector alone.
+///
+/// # Safety
+/// `idt` must describe a writable IDT.
+unsafe fn claim_callback_gate(idt: &DescriptorTablePointer) {
+    let v = usize::from(CALLBACK_VECTOR);
+    if (usize::from(idt.limit) + 1) / 16 <= v {
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { events::record_idt(idt, |_| {}) };
+    let gates = idt.base as *mut u64;
+    // SAFETY: the upcall is an assembly entry point.
+    let handler = unsafe { events::entry_address(events::xen_hvm_upcall) };
+    // SAFETY: gate 0 and gate `v` lie within the table (checked above).
+    unsafe {
+        let selector = (gates.read() >> 16) & 0xffff;
+        let lo = (handler & 0xffff) | (selector << 16) | (0x8e << 40) | ((handler & 0xffff_0000) << 32);
+        gates.add(2 * v).write_volatile(lo);
+        gates.add(2 * v + 1).write_volatile(handler >> 32);
+    }
+}
+
+/// Loads an IDT with the callback gate claimed in it.
+unsafe extern "C" fn load_idt(idt: *const DescriptorTablePointer) {
+    // SAFETY: the caller passes a valid, writable IDT.
+    unsafe {
+        claim_callback_gate(&idt.read_unaligned());
+        native::load_idt(idt);
+    }
+}
+
+/// The Xen one-shot timer, for the boot vCPU (its ports are bound there);
+/// other vCPUs keep their local APIC timer.
+extern "C" fn set_timer(deadline_ns: u64, vector: u32) -> bool {
+    crate::current_cpu() == 0 && events::set_timer(deadline_ns, vector)
 }
 
 /// Maps `shared_info` over [`SHARED_INFO`]; false if Xen refused.
@@ -107,13 +175,13 @@ fn map_shared_info() -> bool {
 }
 
 /// vCPU 0's pvclock record in `shared_info`.
-fn time_record() -> *const PvclockVcpuTimeInfo {
+pub(super) fn time_record() -> *const PvclockVcpuTimeInfo {
     (SHARED_INFO.0.get() as usize + si::VCPU_TIME) as *const PvclockVcpuTimeInfo
 }
 
 /// Xen system time: vCPU 0's record, extrapolated with this CPU's TSC and kept
 /// monotonic across CPUs (the TSC-stable flag is rarely set under Xen).
-extern "C" fn clock_ns() -> u64 {
+pub(super) extern "C" fn clock_ns() -> u64 {
     // SAFETY: `shared_info` is mapped over the static page; Xen maintains vCPU 0's
     // record there.
     let (ns, stable) = unsafe { pvclock::read(time_record()) };
@@ -158,7 +226,7 @@ extern "C" fn console_write(ptr: *const u8, len: usize) {
     hypercall3(hc::CONSOLE_IO, abi::CONSOLEIO_WRITE, len as u64, ptr as u64);
 }
 
-fn sched_shutdown(reason: u32) {
+pub(super) fn sched_shutdown(reason: u32) {
     let arg = reason;
     hypercall3(hc::SCHED_OP, abi::sched::SHUTDOWN, &arg as *const u32 as u64, 0);
 }
@@ -170,17 +238,19 @@ extern "C" fn shutdown(status: u32) -> ! {
         core::arch::asm!("out dx, eax", in("dx") native::DEBUG_EXIT_PORT, in("eax") status, options(nomem, nostack))
     };
     sched_shutdown(if status == 0 { abi::shutdown::POWEROFF } else { abi::shutdown::CRASH });
-    loop {
-        native::irq_disable();
-        native::halt();
-    }
+    park()
 }
 
 extern "C" fn reboot() -> ! {
     sched_shutdown(abi::shutdown::REBOOT);
+    park()
+}
+
+/// After a shutdown request: give the CPU away until Xen stops the domain
+/// (`hlt` is privileged in a PV guest, `sched_op` works in both flavours).
+fn park() -> ! {
     loop {
-        native::irq_disable();
-        native::halt();
+        hypercall3(hc::SCHED_OP, abi::sched::YIELD, 0, 0);
     }
 }
 

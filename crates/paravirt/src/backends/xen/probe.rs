@@ -16,3 +16,6 @@ pub fn base(probe: &Probe) -> Option<u32> {
 pub fn detect(probe: &Probe, _src: &dyn CpuidSource) -> Option<u32> {
     base(probe).map(|_| PRIORITY)
 }
+
+/// Priority reported when Xen's PV domain builder entered the kernel.
+pub const PV_PRIORITY: u32 = 100;

@@ -1,0 +1,296 @@
+//! Event channels, both flavours: ports bound to the timer and to IPIs, and the
+//! upcall that turns pending ports into the kernel's interrupt vectors.
+//!
+//! Xen signals events through vCPU 0's `vcpu_info` (`evtchn_upcall_pending`, the
+//! selector word) and the `evtchn_pending`/`evtchn_mask` bitmaps in
+//! `shared_info`. It enters the upcall through `set_callbacks` (PV) or the
+//! vector named by `HVM_PARAM_CALLBACK_IRQ` (HVM/PVH). The upcall marks the
+//! vectors its ports stand for and runs each through the handler the kernel's IDT
+//! gives for it, with the frame an interrupt would have pushed, so the kernel
+//! sees ordinary interrupts on its own vectors.
+//!
+//! One vCPU: ports are bound on vCPU 0 and only its `vcpu_info` is scanned.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use super::abi::{evtchn, hypercall as hc, shared_info as si};
+use super::hypercall::{call3, ptr};
+use super::ops::SHARED_INFO;
+use crate::ops::cpu::DescriptorTablePointer;
+
+const IF: u64 = 1 << 9;
+/// No port bound.
+pub(super) const NO_PORT: u32 = u32::MAX;
+
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Events delivered through the upcall so far.
+pub fn delivered() -> u64 {
+    EVENTS.load(Ordering::Relaxed)
+}
+
+/// Binds an event channel with `cmd` (the argument's last word receives the
+/// port) and unmasks it; [`NO_PORT`] if Xen refused.
+pub(super) fn bind<const N: usize>(cmd: u64, arg: &mut [u32; N]) -> u32 {
+    if call3(hc::EVENT_CHANNEL_OP, cmd, arg.as_mut_ptr() as u64, 0) != 0 {
+        return NO_PORT;
+    }
+    let port = arg[N - 1];
+    call3(hc::EVENT_CHANNEL_OP, evtchn::UNMASK, ptr(&port), 0);
+    port
+}
+
+/// Handlers of the kernel's IDT, by vector: where the entry stubs and the upcall
+/// send each exception and event.
+pub(super) static HANDLERS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.xen_upcall, "ax"
+    /* Entered with events (PV) or interrupts (HVM) off, an interrupt frame on
+       the stack. Run every pending vector's handler, then return. */
+    .macro xen_upcall_body
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+2:
+    mov rbx, rsp
+    and rsp, -16
+    call {next}
+    mov rsp, rbx
+    test rax, rax
+    jz 3f
+    /* Enter the vector's handler as an interrupt would, returning to 2b. */
+    mov rcx, rsp
+    push qword ptr [rcx + 80 + 32]
+    push rcx
+    pushfq
+    push qword ptr [rcx + 80 + 8]
+    lea rdx, [rip + 2b]
+    push rdx
+    jmp rax
+3:
+    mov rdi, [rsp + 80 + 16]
+    mov rbx, rsp
+    and rsp, -16
+    call {exit}
+    mov rsp, rbx
+    test rax, rax
+    jnz 2b
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    iretq
+    .endm
+
+    /* PV: Xen pushes rcx and r11 above the frame and reports the kernel's CS
+       and SS with RPL 0 (see the PV trap stubs). */
+    .balign 16
+    .global xen_pv_upcall
+xen_pv_upcall:
+    pop rcx
+    pop r11
+    or byte ptr [rsp + 8], 3
+    or byte ptr [rsp + 32], 3
+    xen_upcall_body
+
+    /* HVM: an interrupt gate at the callback vector. */
+    .balign 16
+    .global xen_hvm_upcall
+xen_hvm_upcall:
+    xen_upcall_body
+    .popsection
+    "#,
+    next = sym upcall_next,
+    exit = sym upcall_exit,
+);
+
+extern "C" {
+    /// The PV event callback (`set_callbacks`).
+    pub(super) fn xen_pv_upcall();
+    /// The HVM callback-vector handler.
+    pub(super) fn xen_hvm_upcall();
+}
+
+/// Address of an assembly entry point.
+///
+/// # Safety
+/// `f` must be one of the backend's assembly entry points.
+pub(super) unsafe fn entry_address(f: unsafe extern "C" fn()) -> u64 {
+    f as usize as u64
+}
+
+/// One present gate of an IDT.
+pub(super) struct Gate {
+    /// Vector.
+    pub vector: usize,
+    /// Descriptor privilege level.
+    pub dpl: u8,
+}
+
+/// Records the handler of every gate of `idt` in [`HANDLERS`] (0 when absent)
+/// and calls `each` for the present ones.
+///
+/// # Safety
+/// `idt` must describe a readable IDT.
+pub(super) unsafe fn record_idt(idt: &DescriptorTablePointer, mut each: impl FnMut(Gate)) {
+    let gates = (usize::from(idt.limit) + 1) / 16;
+    for (vector, slot) in HANDLERS.iter().enumerate().take(gates) {
+        // SAFETY: gate `vector` lies within the table the caller described.
+        let (lo, hi) = unsafe {
+            let g = (idt.base + vector as u64 * 16) as *const u64;
+            (g.read_unaligned(), g.add(1).read_unaligned())
+        };
+        let present = lo & (1 << 47) != 0;
+        let handler = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | ((hi & 0xffff_ffff) << 32);
+        slot.store(if present { handler } else { 0 }, Ordering::Release);
+        if present {
+            each(Gate { vector, dpl: ((lo >> 45) & 3) as u8 });
+        }
+    }
+}
+
+/// vCPU 0's byte or word at `off` in its `vcpu_info`.
+pub(super) fn vcpu_field<T>(off: usize) -> *mut T {
+    (SHARED_INFO.0.get() as usize + off) as *mut T
+}
+
+pub(super) fn upcall_mask() -> &'static AtomicU8 {
+    // SAFETY: the mask byte of vCPU 0's vcpu_info, in the mapped shared_info.
+    unsafe { AtomicU8::from_ptr(vcpu_field(si::vcpu_info::UPCALL_MASK)) }
+}
+
+pub(super) fn upcall_pending() -> &'static AtomicU8 {
+    // SAFETY: as `upcall_mask`.
+    unsafe { AtomicU8::from_ptr(vcpu_field(si::vcpu_info::UPCALL_PENDING)) }
+}
+
+fn shared_word(base: usize, word: usize) -> &'static AtomicU64 {
+    // SAFETY: `evtchn_pending`/`evtchn_mask` are 64 words each in shared_info.
+    unsafe { AtomicU64::from_ptr((SHARED_INFO.0.get() as usize + base + word * 8) as *mut u64) }
+}
+
+pub(super) static TIMER_PORT: AtomicU32 = AtomicU32::new(NO_PORT);
+static TIMER_VECTOR: AtomicU32 = AtomicU32::new(0);
+pub(super) static IPI_PORT: AtomicU32 = AtomicU32::new(NO_PORT);
+/// Vectors waiting to be run through the kernel's handlers (set by the timer
+/// port and by IPI senders).
+static PENDING_VECTORS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// Words of `evtchn_pending` still to scan (Xen's selector, accumulated).
+static PENDING_WORDS: AtomicU64 = AtomicU64::new(0);
+
+/// Marks `vector` for delivery; exception vectors (and 0: no timer vector set
+/// yet) are never raised by events.
+pub(super) fn raise(vector: u32) {
+    if !(32..256).contains(&vector) {
+        return;
+    }
+    PENDING_VECTORS[(vector as usize / 64) % 4].fetch_or(1 << (vector % 64), Ordering::AcqRel);
+}
+
+fn take_vector() -> Option<usize> {
+    for (w, word) in PENDING_VECTORS.iter().enumerate() {
+        let bits = word.load(Ordering::Acquire);
+        if bits != 0 {
+            let b = bits.trailing_zeros();
+            word.fetch_and(!(1 << b), Ordering::AcqRel);
+            return Some(w * 64 + b as usize);
+        }
+    }
+    None
+}
+
+/// Moves pending, unmasked event channels to [`PENDING_VECTORS`]; true if any.
+fn collect_events() -> bool {
+    upcall_pending().store(0, Ordering::SeqCst);
+    // SAFETY: vCPU 0's selector word in the mapped shared_info.
+    let sel = unsafe { AtomicU64::from_ptr(vcpu_field(si::vcpu_info::PENDING_SEL)) };
+    PENDING_WORDS.fetch_or(sel.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+    let mut any = false;
+    let mut words = PENDING_WORDS.load(Ordering::Acquire);
+    while words != 0 {
+        let w = words.trailing_zeros() as usize;
+        words &= words - 1;
+        let ready = shared_word(si::EVTCHN_PENDING, w).load(Ordering::Acquire)
+            & !shared_word(si::EVTCHN_MASK, w).load(Ordering::Acquire);
+        if ready == 0 {
+            PENDING_WORDS.fetch_and(!(1 << w), Ordering::AcqRel);
+            continue;
+        }
+        let mut bits = ready;
+        while bits != 0 {
+            let b = bits.trailing_zeros();
+            bits &= bits - 1;
+            shared_word(si::EVTCHN_PENDING, w).fetch_and(!(1 << b), Ordering::AcqRel);
+            EVENTS.fetch_add(1, Ordering::Relaxed);
+            let port = (w * 64) as u32 + b;
+            if port == TIMER_PORT.load(Ordering::Relaxed) {
+                raise(TIMER_VECTOR.load(Ordering::Relaxed));
+            }
+            // The IPI port only wakes us: senders set their vectors first.
+            any = true;
+        }
+    }
+    any
+}
+
+/// The next handler to run from the upcall, or 0 when nothing is pending.
+extern "C" fn upcall_next() -> u64 {
+    loop {
+        if let Some(v) = take_vector() {
+            match HANDLERS[v].load(Ordering::Acquire) {
+                0 => continue, // no handler: drop it, as a masked line would
+                h => return h,
+            }
+        }
+        if !collect_events() && PENDING_VECTORS.iter().all(|w| w.load(Ordering::Acquire) == 0) {
+            return 0;
+        }
+    }
+}
+
+/// Leaving the upcall: restore the interrupted context's event mask; 1 means an
+/// event slipped in after unmasking and the upcall must run again (masked).
+extern "C" fn upcall_exit(interrupted_rflags: u64) -> u64 {
+    if interrupted_rflags & IF == 0 {
+        return 0;
+    }
+    upcall_mask().store(0, Ordering::SeqCst);
+    if upcall_pending().load(Ordering::SeqCst) != 0 {
+        upcall_mask().store(1, Ordering::SeqCst);
+        return 1;
+    }
+    0
+}
+
+/// Stops vCPU 0's default 100 Hz periodic timer and binds `VIRQ_TIMER`, so the
+/// port fires only for [`set_timer`] deadlines.
+pub(super) fn bind_timer() {
+    call3(hc::VCPU_OP, super::abi::VCPUOP_STOP_PERIODIC_TIMER, 0, 0);
+    TIMER_PORT.store(bind(evtchn::BIND_VIRQ, &mut [evtchn::VIRQ_TIMER, 0, 0]), Ordering::Relaxed);
+}
+
+/// The one-shot timer: `set_timer_op` at an absolute Xen system time, which
+/// fires `VIRQ_TIMER`; the upcall raises `vector` for it.
+pub(super) extern "C" fn set_timer(deadline_ns: u64, vector: u32) -> bool {
+    if TIMER_PORT.load(Ordering::Relaxed) == NO_PORT {
+        return false;
+    }
+    TIMER_VECTOR.store(vector, Ordering::Relaxed);
+    // 0 would cancel the timer; a deadline in the past fires at once.
+    call3(hc::SET_TIMER_OP, deadline_ns.max(1), 0, 0) == 0
+}
