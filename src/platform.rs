@@ -143,7 +143,7 @@ pub const ALL: &[Platform] = &[
         launcher: Launcher::Xen(XenDom0::Pv),
         expect_platform: "xen",
         expect_backend: "xen",
-        cpus: 1,
+        cpus: 2,
         extra_args: &[],
         check_clock: false,
         timeout: Duration::from_secs(120),

@@ -215,6 +215,32 @@ pub fn memory_map(out: &mut [MemoryRange]) -> usize {
     (backend.memory_map)(out)
 }
 
+/// The outcome of [`start_cpu`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartCpu {
+    /// The backend starts no CPUs: use the hardware way (INIT-SIPI-SIPI).
+    Unsupported,
+    /// The CPU was told to start; it runs `entry` when it comes up.
+    Started,
+    /// The hypervisor refused (its error code).
+    Failed(i64),
+}
+
+/// Starts CPU `cpu` through the hypervisor (Xen PV: a deprivileged kernel has
+/// no INIT-SIPI): it enters `entry` in 64-bit mode on the current page tables,
+/// with `rdi` = `cpu`, `rsp` = `stack_top`, and interrupts (events) disabled; it
+/// must call [`init_secondary`] before using backend ops other than cpu and irq.
+/// After [`init`].
+pub fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> StartCpu {
+    let b = SELECTED.load(Ordering::Acquire);
+    if b == 0 {
+        return StartCpu::Unsupported;
+    }
+    // SAFETY: `init` stored a pointer to an entry of the static BACKENDS table.
+    let backend = unsafe { &*(b as *const select::Backend) };
+    (backend.start_cpu)(cpu, entry, stack_top)
+}
+
 /// Sets up the selected backend's per-CPU state (kvmclock, steal time, ...) on a
 /// secondary CPU. Once per CPU, on that CPU, before it calls any op other than the
 /// cpu and irq groups; safe before the heap exists.

@@ -136,6 +136,8 @@ pub struct Backend {
     /// The physical memory map, for boot protocols that carry none; returns the
     /// number of ranges written (0: the backend has no map to offer).
     pub memory_map: fn(&mut [crate::MemoryRange]) -> usize,
+    /// Starts a secondary CPU through the hypervisor (see [`crate::start_cpu`]).
+    pub start_cpu: fn(u32, u64, u64) -> crate::StartCpu,
 }
 
 /// A short description of the ABI a backend found (`kvm-pv features=0x...`).

@@ -28,7 +28,8 @@ pub use paravirt::select::cmdline_value;
 
 /// Entered from a boot protocol with everything it told us.
 pub fn kernel_main(mut boot: BootInfo) -> ! {
-    let bsp = arch::apic::id();
+    // Under Xen PV the boot CPU is vCPU 0 and CPU numbers are vCPU ids.
+    let bsp = if boot.owns_hardware() { arch::apic::id() } else { 0 };
     percpu::init_this_cpu(bsp);
     // A kernel that owns the CPU loads its tables first, so that faults during
     // backend set-up are reported; a Xen PV kernel can load them only through
@@ -121,10 +122,8 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
 
     boot::smp::mark_online(bsp);
     smp::init();
-    let expected = if owns_hardware { expected_cpus(boot.cmdline()) } else { 1 };
-    if !owns_hardware {
-        diag!("cpus: 1 online; a Xen PV kernel runs on vCPU 0 only (no VCPUOP_initialise bring-up)");
-    } else if expected > 1 {
+    let expected = expected_cpus(boot.cmdline());
+    if expected > 1 {
         let online = boot::smp::start_aps(expected, 1_000_000_000);
         diag!("cpus: {} online (mask {:#x}), {} expected", online.count_ones(), online, expected);
     } else {

@@ -141,6 +141,36 @@ fn slot(offset: u64) -> *mut u64 {
 /// online or `timeout_ns` passed. Returns the online mask. Once, on the boot CPU,
 /// after the kernel's page tables, GDT, IDT and paravirt are set up.
 pub fn start_aps(expected: u32, timeout_ns: u64) -> u64 {
+    if !start_through_hypervisor(expected) {
+        start_with_init_sipi();
+    }
+    let t0 = paravirt::time::clock_ns();
+    while online_mask().count_ones() < expected && paravirt::time::clock_ns() - t0 < timeout_ns {
+        core::hint::spin_loop();
+    }
+    online_mask()
+}
+
+/// Asks the backend to start CPUs 1..`expected` (Xen PV, where the kernel cannot
+/// send INIT-SIPI); false if it cannot, so the hardware way applies.
+fn start_through_hypervisor(expected: u32) -> bool {
+    for cpu in 1..expected.min(MAX_CPUS as u32) {
+        // CPU n runs on stack slot n; a call would have pushed a return address.
+        let top = AP_STACKS.as_ptr() as u64 + (u64::from(cpu) + 1) * AP_STACK_SIZE as u64 - 8;
+        match paravirt::start_cpu(cpu, hypervisor_ap_entry as *const () as u64, top) {
+            paravirt::StartCpu::Unsupported => return false,
+            paravirt::StartCpu::Started => {}
+            paravirt::StartCpu::Failed(e) => {
+                crate::diag!("cpu {}: the hypervisor refused to start it ({})", cpu, e)
+            }
+        }
+    }
+    true
+}
+
+/// Copies the real-mode trampoline below 1 MiB and sends INIT-SIPI-SIPI to every
+/// other CPU.
+fn start_with_init_sipi() {
     let start = core::ptr::addr_of!(ap_trampoline_start);
     let len = core::ptr::addr_of!(ap_trampoline_end) as usize - start as usize;
     // SAFETY: [TRAMPOLINE, +len) is identity-mapped low RAM below the kernel that
@@ -155,11 +185,20 @@ pub fn start_aps(expected: u32, timeout_ns: u64) -> u64 {
         (slot(OFF_ARRIVALS) as *mut u32).write_volatile(0);
     }
     crate::arch::apic::send_init_sipi_all((TRAMPOLINE >> 12) as u8);
-    let t0 = paravirt::time::clock_ns();
-    while online_mask().count_ones() < expected && paravirt::time::clock_ns() - t0 < timeout_ns {
-        core::hint::spin_loop();
-    }
-    online_mask()
+}
+
+/// Entry of a CPU the backend started (`cpu` in rdi), on its stack slot, on the
+/// kernel's tables, with interrupts (events) off. No local APIC is ours here.
+extern "C" fn hypervisor_ap_entry(cpu: u64) -> ! {
+    ARRIVED.fetch_add(1, Ordering::Relaxed);
+    let cpu = cpu as u32;
+    crate::percpu::init_this_cpu(cpu);
+    crate::arch::gdt::init(cpu);
+    crate::arch::traps::load_on_this_cpu();
+    crate::arch::apic::init(false);
+    paravirt::init_secondary();
+    mark_online(cpu);
+    crate::smp::idle()
 }
 
 /// Rust entry of an AP, on its own stack, in long mode on the kernel's tables.

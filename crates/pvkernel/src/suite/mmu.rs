@@ -59,7 +59,7 @@ fn set_pte_flush_one(_: &mut Ctx) -> TestResult {
 
 fn set_pte_flush_all(_: &mut Ctx) -> TestResult {
     retarget(TEST_VA + 0x11_000, |_| mmu::flush_tlb_all())?;
-    let me = 1u64 << crate::arch::apic::id();
+    let me = 1u64 << crate::percpu::current_id();
     retarget(TEST_VA + 0x12_000, |va| mmu::flush_tlb_multi(me, va, va + PAGE_SIZE))
 }
 

@@ -15,4 +15,5 @@ pub const BACKEND: Backend = Backend {
     install: ops::install,
     init_cpu: ops::init_cpu,
     memory_map: |_| 0,
+    start_cpu: |_, _, _| crate::StartCpu::Unsupported,
 };

@@ -11,8 +11,14 @@ use crate::select::{AbiLine, Backend, InitEnv, OpSet};
 use crate::table::PvOps;
 
 /// Native: always present, lowest priority.
-pub const BACKEND: Backend =
-    Backend { name: "native", detect: |_, _| Some(0), install, init_cpu: |_| {}, memory_map: |_| 0 };
+pub const BACKEND: Backend = Backend {
+    name: "native",
+    detect: |_, _| Some(0),
+    install,
+    init_cpu: |_| {},
+    memory_map: |_| 0,
+    start_cpu: |_, _, _| crate::StartCpu::Unsupported,
+};
 
 fn install(_: &InitEnv, _: &mut PvOps) -> (OpSet, AbiLine) {
     (OpSet::EMPTY, AbiLine { name: "none", features: None })

@@ -109,6 +109,8 @@ pub mod pv {
     pub const MACH2PHYS_VIRT_START: u64 = 0xffff_8000_0000_0000;
     /// 64-bit kernel code selector in Xen's GDT (xen-x86_64.h `FLAT_KERNEL_CS64`).
     pub const FLAT_KERNEL_CS64: u16 = 0xe033;
+    /// 64-bit kernel stack selector (xen-x86_64.h `FLAT_KERNEL_SS64`).
+    pub const FLAT_KERNEL_SS64: u16 = 0xe02b;
 }
 
 /// `struct trap_info` (arch-x86/xen.h): one exception's handler. A table ends
@@ -166,6 +168,10 @@ pub mod mmuext {
     pub const TLB_FLUSH_LOCAL: u32 = 6;
     /// Flush one address on this vCPU.
     pub const INVLPG_LOCAL: u32 = 7;
+    /// Flush the TLBs of the vCPUs in a mask (`arg2`: pointer to the mask).
+    pub const TLB_FLUSH_MULTI: u32 = 8;
+    /// Flush one address on the vCPUs in a mask.
+    pub const INVLPG_MULTI: u32 = 9;
     /// Flush the TLBs of every vCPU of the domain.
     pub const TLB_FLUSH_ALL: u32 = 10;
     /// Write back and invalidate caches (the PV `wbinvd`).
@@ -204,6 +210,98 @@ pub mod evtchn {
 /// `vcpu_op` command stopping the vCPU's default 100 Hz periodic timer
 /// (vcpu.h `VCPUOP_stop_periodic_timer`): only the one-shot timer remains.
 pub const VCPUOP_STOP_PERIODIC_TIMER: u64 = 7;
+
+/// `vcpu_op` commands bringing a secondary vCPU up (vcpu.h): `INITIALISE` takes
+/// a [`VcpuGuestContext`], `UP` starts it.
+pub mod vcpuop {
+    /// Set the vCPU's initial state.
+    pub const INITIALISE: u64 = 0;
+    /// Make it runnable.
+    pub const UP: u64 = 1;
+}
+
+/// `vcpu_guest_context.flags`: the vCPU starts in kernel mode (arch-x86/xen.h).
+pub const VGCF_IN_KERNEL: u64 = 1 << 2;
+
+/// `struct cpu_user_regs` (arch-x86/xen-x86_64.h), 200 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(missing_docs)]
+pub struct CpuUserRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub error_code: u32,
+    pub entry_vector: u32,
+    pub rip: u64,
+    /// CS, then padding and `saved_upcall_mask` (zero here).
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    /// Each selector sits in the low 16 bits of its own word.
+    pub ss: u64,
+    pub es: u64,
+    pub ds: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// `struct vcpu_guest_context` (arch-x86/xen.h, x86-64): a PV vCPU's initial
+/// state for `VCPUOP_initialise`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuGuestContext {
+    /// FXSAVE image (ignored without `VGCF_I387_VALID`).
+    pub fpu_ctxt: [u8; 512],
+    /// `VGCF_*`.
+    pub flags: u64,
+    /// Registers.
+    pub user_regs: CpuUserRegs,
+    /// The virtual IDT, indexed by vector.
+    pub trap_ctxt: [TrapInfo; 256],
+    /// LDT base and entries.
+    pub ldt_base: u64,
+    #[allow(missing_docs)]
+    pub ldt_ents: u64,
+    /// GDT frames and entries (0: Xen's GDT only).
+    pub gdt_frames: [u64; 16],
+    #[allow(missing_docs)]
+    pub gdt_ents: u64,
+    /// Kernel stack for ring changes.
+    pub kernel_ss: u64,
+    #[allow(missing_docs)]
+    pub kernel_sp: u64,
+    /// Control registers; `ctrlreg[3]` = root mfn << 12.
+    pub ctrlreg: [u64; 8],
+    /// Debug registers.
+    pub debugreg: [u64; 8],
+    /// The event upcall.
+    pub event_callback_eip: u64,
+    /// The failsafe callback.
+    pub failsafe_callback_eip: u64,
+    /// The `syscall` entry (none).
+    pub syscall_callback_eip: u64,
+    /// `VMASST_TYPE_*` bits.
+    pub vm_assist: u64,
+    /// Segment bases.
+    pub fs_base: u64,
+    #[allow(missing_docs)]
+    pub gs_base_kernel: u64,
+    #[allow(missing_docs)]
+    pub gs_base_user: u64,
+}
 
 /// `physdev_op` command setting the virtual I/O privilege level (physdev.h),
 /// argument `struct physdev_set_iopl { iopl }`.
@@ -330,6 +428,11 @@ mod tests {
         assert_eq!(core::mem::offset_of!(XenAddToPhysmap, gpfn), 16);
         assert_eq!(core::mem::size_of::<TrapInfo>(), 16);
         assert_eq!(core::mem::size_of::<XenHvmParam>(), 16);
+        assert_eq!(core::mem::size_of::<CpuUserRegs>(), 200);
+        assert_eq!(core::mem::offset_of!(VcpuGuestContext, user_regs), 520);
+        assert_eq!(core::mem::offset_of!(VcpuGuestContext, trap_ctxt), 720);
+        assert_eq!(core::mem::offset_of!(VcpuGuestContext, ctrlreg), 4816 + 8 * 21);
+        assert_eq!(core::mem::size_of::<VcpuGuestContext>(), 4816 + 8 * 44);
         assert_eq!(core::mem::size_of::<MmuUpdate>(), 16);
         assert_eq!(core::mem::size_of::<MmuextOp>(), 24);
         assert_eq!(core::mem::size_of::<MulticallEntry>(), 64);

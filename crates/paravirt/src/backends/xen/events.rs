@@ -9,14 +9,17 @@
 //! gives for it, with the frame an interrupt would have pushed, so the kernel
 //! sees ordinary interrupts on its own vectors.
 //!
-//! One vCPU: ports are bound on vCPU 0 and only its `vcpu_info` is scanned.
+//! Per CPU: the kernel's CPU number is the Xen vCPU id under PV (the backend
+//! starts the vCPUs itself); under HVM/PVH only CPU 0 binds ports. Each CPU
+//! scans its own `vcpu_info` and handles only the ports bound to it.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::abi::{evtchn, hypercall as hc, shared_info as si};
-use super::hypercall::{call3, ptr};
+use super::hypercall::{call, call3, ptr};
 use super::ops::SHARED_INFO;
 use crate::ops::cpu::DescriptorTablePointer;
+use crate::MAX_CPUS;
 
 const IF: u64 = 1 << 9;
 /// No port bound.
@@ -164,13 +167,18 @@ pub(super) unsafe fn record_idt(idt: &DescriptorTablePointer, mut each: impl FnM
     }
 }
 
-/// vCPU 0's byte or word at `off` in its `vcpu_info`.
+/// This CPU's index into the per-CPU tables (and its vCPU id).
+fn this_cpu() -> usize {
+    crate::current_cpu() as usize % MAX_CPUS
+}
+
+/// The byte or word at `off` in this vCPU's `vcpu_info`.
 pub(super) fn vcpu_field<T>(off: usize) -> *mut T {
-    (SHARED_INFO.0.get() as usize + off) as *mut T
+    (SHARED_INFO.0.get() as usize + this_cpu() * si::VCPU_INFO_SIZE + off) as *mut T
 }
 
 pub(super) fn upcall_mask() -> &'static AtomicU8 {
-    // SAFETY: the mask byte of vCPU 0's vcpu_info, in the mapped shared_info.
+    // SAFETY: the mask byte of this vCPU's vcpu_info, in the mapped shared_info.
     unsafe { AtomicU8::from_ptr(vcpu_field(si::vcpu_info::UPCALL_MASK)) }
 }
 
@@ -184,26 +192,29 @@ fn shared_word(base: usize, word: usize) -> &'static AtomicU64 {
     unsafe { AtomicU64::from_ptr((SHARED_INFO.0.get() as usize + base + word * 8) as *mut u64) }
 }
 
-pub(super) static TIMER_PORT: AtomicU32 = AtomicU32::new(NO_PORT);
+/// Per CPU: the port of its one-shot timer.
+pub(super) static TIMER_PORT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_PORT) }; MAX_CPUS];
 static TIMER_VECTOR: AtomicU32 = AtomicU32::new(0);
-pub(super) static IPI_PORT: AtomicU32 = AtomicU32::new(NO_PORT);
-/// Vectors waiting to be run through the kernel's handlers (set by the timer
-/// port and by IPI senders).
-static PENDING_VECTORS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
-/// Words of `evtchn_pending` still to scan (Xen's selector, accumulated).
-static PENDING_WORDS: AtomicU64 = AtomicU64::new(0);
+/// Per CPU: the port other CPUs notify to interrupt it.
+pub(super) static IPI_PORT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_PORT) }; MAX_CPUS];
+/// Per CPU: vectors waiting to be run through the kernel's handlers (set by the
+/// timer port and by IPI senders).
+static PENDING_VECTORS: [[AtomicU64; 4]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 4] }; MAX_CPUS];
+/// Per CPU: words of `evtchn_pending` still to scan (Xen's selector, accumulated).
+static PENDING_WORDS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
-/// Marks `vector` for delivery; exception vectors (and 0: no timer vector set
-/// yet) are never raised by events.
-pub(super) fn raise(vector: u32) {
+/// Marks `vector` for delivery on `cpu`; exception vectors (and 0: no timer
+/// vector set yet) are never raised by events.
+pub(super) fn raise(cpu: usize, vector: u32) {
     if !(32..256).contains(&vector) {
         return;
     }
-    PENDING_VECTORS[(vector as usize / 64) % 4].fetch_or(1 << (vector % 64), Ordering::AcqRel);
+    PENDING_VECTORS[cpu % MAX_CPUS][(vector as usize / 64) % 4]
+        .fetch_or(1 << (vector % 64), Ordering::AcqRel);
 }
 
-fn take_vector() -> Option<usize> {
-    for (w, word) in PENDING_VECTORS.iter().enumerate() {
+fn take_vector(cpu: usize) -> Option<usize> {
+    for (w, word) in PENDING_VECTORS[cpu].iter().enumerate() {
         let bits = word.load(Ordering::Acquire);
         if bits != 0 {
             let b = bits.trailing_zeros();
@@ -214,21 +225,31 @@ fn take_vector() -> Option<usize> {
     None
 }
 
-/// Moves pending, unmasked event channels to [`PENDING_VECTORS`]; true if any.
-fn collect_events() -> bool {
+/// The ports of word `w` bound to `cpu`.
+fn owned_ports(cpu: usize, w: usize) -> u64 {
+    [&TIMER_PORT[cpu], &IPI_PORT[cpu]]
+        .iter()
+        .map(|p| p.load(Ordering::Relaxed))
+        .filter(|&p| p != NO_PORT && p as usize / 64 == w)
+        .fold(0, |m, p| m | 1 << (p % 64))
+}
+
+/// Moves this CPU's pending, unmasked ports to its pending vectors; true if any.
+fn collect_events(cpu: usize) -> bool {
     upcall_pending().store(0, Ordering::SeqCst);
-    // SAFETY: vCPU 0's selector word in the mapped shared_info.
+    // SAFETY: this vCPU's selector word in the mapped shared_info.
     let sel = unsafe { AtomicU64::from_ptr(vcpu_field(si::vcpu_info::PENDING_SEL)) };
-    PENDING_WORDS.fetch_or(sel.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+    PENDING_WORDS[cpu].fetch_or(sel.swap(0, Ordering::AcqRel), Ordering::AcqRel);
     let mut any = false;
-    let mut words = PENDING_WORDS.load(Ordering::Acquire);
+    let mut words = PENDING_WORDS[cpu].load(Ordering::Acquire);
     while words != 0 {
         let w = words.trailing_zeros() as usize;
         words &= words - 1;
         let ready = shared_word(si::EVTCHN_PENDING, w).load(Ordering::Acquire)
-            & !shared_word(si::EVTCHN_MASK, w).load(Ordering::Acquire);
+            & !shared_word(si::EVTCHN_MASK, w).load(Ordering::Acquire)
+            & owned_ports(cpu, w);
         if ready == 0 {
-            PENDING_WORDS.fetch_and(!(1 << w), Ordering::AcqRel);
+            PENDING_WORDS[cpu].fetch_and(!(1 << w), Ordering::AcqRel);
             continue;
         }
         let mut bits = ready;
@@ -237,11 +258,10 @@ fn collect_events() -> bool {
             bits &= bits - 1;
             shared_word(si::EVTCHN_PENDING, w).fetch_and(!(1 << b), Ordering::AcqRel);
             EVENTS.fetch_add(1, Ordering::Relaxed);
-            let port = (w * 64) as u32 + b;
-            if port == TIMER_PORT.load(Ordering::Relaxed) {
-                raise(TIMER_VECTOR.load(Ordering::Relaxed));
+            if (w * 64) as u32 + b == TIMER_PORT[cpu].load(Ordering::Relaxed) {
+                raise(cpu, TIMER_VECTOR.load(Ordering::Relaxed));
             }
-            // The IPI port only wakes us: senders set their vectors first.
+            // An IPI port only wakes us: senders set their vectors first.
             any = true;
         }
     }
@@ -250,14 +270,15 @@ fn collect_events() -> bool {
 
 /// The next handler to run from the upcall, or 0 when nothing is pending.
 extern "C" fn upcall_next() -> u64 {
+    let cpu = this_cpu();
     loop {
-        if let Some(v) = take_vector() {
+        if let Some(v) = take_vector(cpu) {
             match HANDLERS[v].load(Ordering::Acquire) {
                 0 => continue, // no handler: drop it, as a masked line would
                 h => return h,
             }
         }
-        if !collect_events() && PENDING_VECTORS.iter().all(|w| w.load(Ordering::Acquire) == 0) {
+        if !collect_events(cpu) && PENDING_VECTORS[cpu].iter().all(|w| w.load(Ordering::Acquire) == 0) {
             return 0;
         }
     }
@@ -277,17 +298,36 @@ extern "C" fn upcall_exit(interrupted_rflags: u64) -> u64 {
     0
 }
 
-/// Stops vCPU 0's default 100 Hz periodic timer and binds `VIRQ_TIMER`, so the
-/// port fires only for [`set_timer`] deadlines.
-pub(super) fn bind_timer() {
-    call3(hc::VCPU_OP, super::abi::VCPUOP_STOP_PERIODIC_TIMER, 0, 0);
-    TIMER_PORT.store(bind(evtchn::BIND_VIRQ, &mut [evtchn::VIRQ_TIMER, 0, 0]), Ordering::Relaxed);
+/// Stops vCPU `cpu`'s default 100 Hz periodic timer and binds its `VIRQ_TIMER`,
+/// so the port fires only for [`set_timer`] deadlines. Any vCPU may do this for
+/// any other.
+pub(super) fn bind_timer(cpu: u32) {
+    call(hc::VCPU_OP, [super::abi::VCPUOP_STOP_PERIODIC_TIMER, u64::from(cpu), 0, 0, 0]);
+    let port = bind(evtchn::BIND_VIRQ, &mut [evtchn::VIRQ_TIMER, cpu, 0]);
+    TIMER_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
 }
 
-/// The one-shot timer: `set_timer_op` at an absolute Xen system time, which
-/// fires `VIRQ_TIMER`; the upcall raises `vector` for it.
+/// Binds an IPI port for vCPU `cpu` (from any vCPU).
+pub(super) fn bind_ipi(cpu: u32) {
+    let port = bind(evtchn::BIND_IPI, &mut [cpu, 0]);
+    IPI_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
+}
+
+/// Raises `vector` on `cpu` through its IPI port; false if it has none.
+pub(super) fn send_ipi(cpu: u32, vector: u32) -> bool {
+    let port = IPI_PORT[cpu as usize % MAX_CPUS].load(Ordering::Relaxed);
+    if port == NO_PORT {
+        return false;
+    }
+    raise(cpu as usize, vector);
+    call3(hc::EVENT_CHANNEL_OP, evtchn::SEND, ptr(&port), 0);
+    true
+}
+
+/// The one-shot timer of the calling vCPU: `set_timer_op` at an absolute Xen
+/// system time fires its `VIRQ_TIMER`; the upcall raises `vector` for it.
 pub(super) extern "C" fn set_timer(deadline_ns: u64, vector: u32) -> bool {
-    if TIMER_PORT.load(Ordering::Relaxed) == NO_PORT {
+    if TIMER_PORT[this_cpu()].load(Ordering::Relaxed) == NO_PORT {
         return false;
     }
     TIMER_VECTOR.store(vector, Ordering::Relaxed);

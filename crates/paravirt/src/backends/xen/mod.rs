@@ -18,7 +18,7 @@ use crate::table::PvOps;
 
 /// Xen.
 pub const BACKEND: Backend =
-    Backend { name: "xen", detect: probe::detect, install, init_cpu: |_| {}, memory_map };
+    Backend { name: "xen", detect: probe::detect, install, init_cpu: |_| {}, memory_map, start_cpu };
 
 fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     match crate::xen_pv_start_info() {
@@ -32,5 +32,13 @@ fn memory_map(out: &mut [crate::MemoryRange]) -> usize {
     match crate::xen_pv_start_info() {
         Some(_) => 0,
         None => ops::memory_map(out),
+    }
+}
+
+/// PV: `VCPUOP_initialise` + `VCPUOP_up`; HVM/PVH CPUs start the hardware way.
+fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> crate::StartCpu {
+    match crate::xen_pv_start_info() {
+        Some(_) => pv::start_cpu(cpu, entry, stack_top),
+        None => crate::StartCpu::Unsupported,
     }
 }

@@ -100,8 +100,8 @@ pub const CALLBACK_VECTOR: u8 = 0xf3;
 /// Binds the timer port and asks Xen for the callback vector; claims the vector
 /// in the IDT the kernel already loaded. False if Xen refused.
 fn install_event_callback() -> bool {
-    events::bind_timer();
-    if events::TIMER_PORT.load(Ordering::Relaxed) == events::NO_PORT {
+    events::bind_timer(0);
+    if events::TIMER_PORT[0].load(Ordering::Relaxed) == events::NO_PORT {
         return false;
     }
     let param = XenHvmParam {

@@ -20,32 +20,35 @@
 //! | mmu.set_pte, pte_clear | `mmu_update`, queued in lazy mode |
 //! | mmu.set_pmd/pud/p4d | `mmu_update` at once (walks must see them) |
 //! | mmu.read_entry | machine frame → pseudo-physical through the M2P table |
-//! | mmu.flush_tlb_* | `mmuext_op` (`INVLPG_LOCAL`, `TLB_FLUSH_LOCAL`, `TLB_FLUSH_ALL`) |
+//! | mmu.flush_tlb_all, flush_tlb_one | `mmuext_op` (`TLB_FLUSH_LOCAL`, `INVLPG_LOCAL`) |
+//! | mmu.flush_tlb_multi | `mmuext_op` (`INVLPG_MULTI` per page, or `TLB_FLUSH_MULTI`) with a vCPU mask: no IPIs |
 //! | mmu.alloc_pt, release_pt | `update_va_mapping` read-only/writable; `MMUEXT_PIN_L4_TABLE`/`UNPIN_TABLE` for roots |
 //! | mmu.lazy_* | queued entry writes (+ one deferred TLB flush) sent as one `multicall` |
 //! | time.clock_ns, sched_clock, wall_clock, tsc_khz | `shared_info` (mapped with `update_va_mapping`): pvclock + `wc_*` |
 //! | time.set_timer | `set_timer_op` + `VIRQ_TIMER` bound to an event channel |
 //! | apic.eoi | nothing (the upcall acknowledges each port) |
-//! | apic.send_ipi(_mask) | an IPI event channel (`EVTCHNOP_bind_ipi` / `EVTCHNOP_send`) |
+//! | apic.send_ipi(_mask) | the target's IPI event channel (`EVTCHNOP_bind_ipi` / `EVTCHNOP_send`) |
 //! | lock.yield_to | `sched_op(SCHEDOP_yield)` |
 //! | console.write | `console_io` |
 //! | power.* | debug-exit port (after `PHYSDEVOP_set_iopl`) and `SCHEDOP_shutdown` |
 //!
-//! One vCPU: secondary vCPUs (`VCPUOP_initialise`) are not brought up, so the
-//! per-CPU state here (vCPU 0's `vcpu_info`, the lazy queue) exists once.
+//! | (secondary CPUs) | [`start_cpu`]: `VCPUOP_initialise` with a `vcpu_guest_context`, then `VCPUOP_up` |
+//!
+//! CPU numbers are vCPU ids: the boot CPU is vCPU 0 and [`start_cpu`] starts
+//! vCPU n as CPU n. Per-CPU state (the `vcpu_info`, the root, the lazy queue,
+//! the timer and IPI ports) is indexed by it.
 //!
 //! Frames: the kernel's addresses are Xen's pseudo-physical ones (the domain
 //! builder maps the kernel at `virt_base` 0, and the kernel keeps virtual =
 //! pseudo-physical), so a frame's kernel address is `pfn << 12`.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{compiler_fence, AtomicU64, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicU64, AtomicU8, Ordering};
 
 use super::abi::{
-    self, evtchn, hypercall as hc, mmuext, pv, shared_info as si, MmuUpdate, MmuextOp, MulticallEntry,
-    TrapInfo,
+    self, hypercall as hc, mmuext, pv, shared_info as si, MmuUpdate, MmuextOp, MulticallEntry, TrapInfo,
 };
-use super::events::{self, upcall_mask, upcall_pending, vcpu_field, NO_PORT};
+use super::events::{self, upcall_mask, upcall_pending, vcpu_field};
 use super::hypercall::{self, call, call3, ptr};
 use super::ops::{self as common, SHARED_INFO};
 use crate::backends::native::ops as native;
@@ -55,6 +58,7 @@ use crate::ops::cpu::{CpuidResult, DescriptorTablePointer};
 use crate::ops::Op;
 use crate::select::{AbiLine, OpSet};
 use crate::table::PvOps;
+use crate::{StartCpu, MAX_CPUS};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -63,7 +67,12 @@ const IF: u64 = 1 << 9;
 
 static NR_PAGES: AtomicU64 = AtomicU64::new(0);
 static P2M: AtomicU64 = AtomicU64::new(0);
-static CR3: AtomicU64 = AtomicU64::new(0);
+/// Per CPU: the root it runs on (pseudo-physical).
+static CR3: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+fn this_cpu() -> usize {
+    crate::current_cpu() as usize % MAX_CPUS
+}
 
 /// Counters a conformance kit wants to see.
 #[derive(Clone, Copy, Debug, Default)]
@@ -110,7 +119,7 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
     };
     NR_PAGES.store(nr_pages, Ordering::Relaxed);
     P2M.store(mfn_list, Ordering::Relaxed);
-    CR3.store(pt_base, Ordering::Relaxed);
+    CR3[this_cpu()].store(pt_base, Ordering::Relaxed);
 
     // shared_info first: the irq ops live in it.
     let si_va = SHARED_INFO.0.get() as u64;
@@ -130,8 +139,8 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
         )
     };
     assert_eq!(r, 0, "xen-pv: set_callbacks failed");
-    events::bind_timer();
-    events::IPI_PORT.store(events::bind(evtchn::BIND_IPI, &mut [0, 0]), Ordering::Relaxed);
+    events::bind_timer(0);
+    events::bind_ipi(0);
 
     let mut set = OpSet::EMPTY;
     common::install_common(ops, &mut set);
@@ -355,29 +364,40 @@ extern "C" {
     fn xen_pv_failsafe();
 }
 
+/// Per exception vector: the DPL Xen was given (for secondary vCPUs' contexts);
+/// `u8::MAX` for vectors without a stub.
+static TRAP_DPL: [AtomicU8; 32] = [const { AtomicU8::new(u8::MAX) }; 32];
+
+/// The trap-table entry for exception `vector`, if the kernel's IDT has one.
+fn trap_entry(vector: usize) -> Option<TrapInfo> {
+    let dpl = TRAP_DPL.get(vector)?.load(Ordering::Relaxed);
+    // SAFETY: the stubs are an assembly entry point.
+    let stubs = unsafe { events::entry_address(xen_pv_trap_stubs) };
+    (dpl != u8::MAX).then(|| TrapInfo {
+        vector: vector as u8,
+        flags: dpl, // and no event masking: events stay as they were
+        cs: pv::FLAT_KERNEL_CS64,
+        address: stubs + vector as u64 * TRAP_STUB_SIZE,
+    })
+}
+
 /// Reads the kernel's IDT and hands Xen a trap table pointing at our stubs.
 unsafe extern "C" fn load_idt(idt: *const DescriptorTablePointer) {
     // SAFETY: the caller passes a valid descriptor-table pointer.
     let idt = unsafe { idt.read_unaligned() };
-    // SAFETY: the stubs above are entry points.
-    let stubs = unsafe { events::entry_address(xen_pv_trap_stubs) };
-    let mut table = [TrapInfo::default(); 33];
-    let mut n = 0;
     // SAFETY: the caller's IDT is readable.
     unsafe {
         events::record_idt(&idt, |g| {
             // NMI and #DF are Xen's; every other exception comes through a stub.
             if g.vector < 32 && g.vector != 2 && g.vector != 8 {
-                table[n] = TrapInfo {
-                    vector: g.vector as u8,
-                    flags: g.dpl, // and no event masking: events stay as they were
-                    cs: pv::FLAT_KERNEL_CS64,
-                    address: stubs + g.vector as u64 * TRAP_STUB_SIZE,
-                };
-                n += 1;
+                TRAP_DPL[g.vector].store(g.dpl, Ordering::Relaxed);
             }
         })
     };
+    let mut table = [TrapInfo::default(); 33];
+    for (slot, entry) in table.iter_mut().zip((0..32).filter_map(trap_entry)) {
+        *slot = entry;
+    }
     // `table[n]` is the zero terminator.
     let r = call3(hc::SET_TRAP_TABLE, table.as_ptr() as u64, 0, 0);
     assert_eq!(r, 0, "xen-pv: set_trap_table failed");
@@ -438,13 +458,13 @@ extern "C" fn read_cr2() -> u64 {
 }
 
 extern "C" fn read_cr3() -> u64 {
-    CR3.load(Ordering::Relaxed)
+    CR3[this_cpu()].load(Ordering::Relaxed)
 }
 
 unsafe extern "C" fn write_cr3(root: u64) {
     flush_queue();
     mmuext_one(mmuext::NEW_BASEPTR, pfn_to_mfn((root & ADDR_MASK) >> 12), 0);
-    CR3.store(root & ADDR_MASK, Ordering::Relaxed);
+    CR3[this_cpu()].store(root & ADDR_MASK, Ordering::Relaxed);
 }
 
 /// Entry writes waiting in lazy mode, and whether a TLB flush is owed after them.
@@ -454,22 +474,28 @@ struct LazyState {
     reqs: [MmuUpdate; QUEUE_LEN],
 }
 
-const QUEUE_LEN: usize = 1024;
+const QUEUE_LEN: usize = 512;
 
-struct LazyCell(UnsafeCell<LazyState>);
+struct LazyCell([UnsafeCell<LazyState>; MAX_CPUS]);
 
-// SAFETY: used by vCPU 0 only (PV brings up no other vCPU), never from the upcall.
+// SAFETY: each CPU uses only its own slot, and never from the upcall (entry
+// writes are not made in interrupt handlers), so no slot is shared.
 unsafe impl Sync for LazyCell {}
 
-static LAZY: LazyCell = LazyCell(UnsafeCell::new(LazyState {
-    queue: LazyQueue::new(),
-    flush_owed: false,
-    reqs: [MmuUpdate { ptr: 0, val: 0 }; QUEUE_LEN],
-}));
+static LAZY: LazyCell = LazyCell(
+    [const {
+        UnsafeCell::new(LazyState {
+            queue: LazyQueue::new(),
+            flush_owed: false,
+            reqs: [MmuUpdate { ptr: 0, val: 0 }; QUEUE_LEN],
+        })
+    }; MAX_CPUS],
+);
 
+/// This CPU's lazy state.
 fn lazy() -> &'static mut LazyState {
-    // SAFETY: see `LazyCell`: one vCPU, and no op re-enters another op's use.
-    unsafe { &mut *LAZY.0.get() }
+    // SAFETY: see `LazyCell`: this CPU's slot, and no op re-enters another's use.
+    unsafe { &mut *LAZY.0[this_cpu()].get() }
 }
 
 /// Sends `batch` (plus the owed TLB flush) as one multicall.
@@ -574,21 +600,20 @@ extern "C" fn flush_tlb_one(va: u64) {
     });
 }
 
+/// Xen flushes every vCPU in the mask itself (no IPIs): the range page by page
+/// when it is short, else the whole TLB.
 extern "C" fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
     flush_queue();
-    if cpus & !(1 << crate::current_cpu()) != 0 {
-        mmuext_one(mmuext::TLB_FLUSH_ALL, 0, 0);
-        return;
-    }
     const MAX_PAGES: u64 = 32;
+    let mask = cpus; // vCPU ids are the kernel's CPU numbers
     let pages = end.saturating_sub(start).div_ceil(4096);
     if pages > MAX_PAGES {
-        mmuext_one(mmuext::TLB_FLUSH_LOCAL, 0, 0);
+        mmuext_one(mmuext::TLB_FLUSH_MULTI, 0, ptr(&mask));
         return;
     }
     let mut ops = [MmuextOp::default(); MAX_PAGES as usize];
     for (i, op) in ops.iter_mut().take(pages as usize).enumerate() {
-        *op = MmuextOp { cmd: mmuext::INVLPG_LOCAL, pad: 0, arg1: start + i as u64 * 4096, arg2: 0 };
+        *op = MmuextOp { cmd: mmuext::INVLPG_MULTI, pad: 0, arg1: start + i as u64 * 4096, arg2: ptr(&mask) };
     }
     call(hc::MMUEXT_OP, [ops.as_ptr() as u64, pages, 0, u64::from(abi::DOMID_SELF), 0]);
 }
@@ -645,19 +670,78 @@ extern "C" fn tsc_khz() -> u64 {
 extern "C" fn eoi() {}
 
 extern "C" fn send_ipi(cpu: u32, vector: u32) {
-    send_ipi_mask(1 << (cpu % 64), vector);
+    events::send_ipi(cpu, vector);
 }
 
 extern "C" fn send_ipi_mask(cpus: u64, vector: u32) {
-    let port = events::IPI_PORT.load(Ordering::Relaxed);
-    // Only this vCPU runs; other targets do not exist.
-    if cpus & (1 << crate::current_cpu()) == 0 || port == NO_PORT {
-        return;
+    let mut m = cpus;
+    while m != 0 {
+        events::send_ipi(m.trailing_zeros(), vector);
+        m &= m - 1;
     }
-    events::raise(vector);
-    call3(hc::EVENT_CHANNEL_OP, evtchn::SEND, ptr(&port), 0);
 }
 
 extern "C" fn yield_to(_cpu: u32) {
     call3(hc::SCHED_OP, abi::sched::YIELD, 0, 0);
+}
+
+// --------------------------------------------------------- secondary vCPUs ---
+
+/// Brings vCPU `cpu` up at `entry` (`rdi` = `cpu`) on `stack_top`, in kernel
+/// mode on this CPU's page tables, with the same trap table and callbacks, its
+/// timer and IPI ports bound and its events masked.
+pub fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> StartCpu {
+    if cpu as usize >= MAX_CPUS {
+        return StartCpu::Failed(-22); // EINVAL: no per-CPU state for it
+    }
+    events::bind_timer(cpu);
+    events::bind_ipi(cpu);
+    let root = CR3[this_cpu()].load(Ordering::Relaxed);
+    CR3[cpu as usize].store(root, Ordering::Relaxed);
+    // SAFETY: the callbacks are assembly entry points.
+    let (upcall, failsafe) =
+        unsafe { (events::entry_address(events::xen_pv_upcall), events::entry_address(xen_pv_failsafe)) };
+    let mut ctx = abi::VcpuGuestContext {
+        fpu_ctxt: [0; 512],
+        flags: abi::VGCF_IN_KERNEL,
+        user_regs: abi::CpuUserRegs {
+            rip: entry,
+            rsp: stack_top,
+            rdi: u64::from(cpu),
+            cs: u64::from(pv::FLAT_KERNEL_CS64),
+            ss: u64::from(pv::FLAT_KERNEL_SS64),
+            rflags: 1 << 12, // IOPL 1: the vCPU's virtual I/O privilege
+            ..abi::CpuUserRegs::default()
+        },
+        trap_ctxt: [TrapInfo::default(); 256],
+        ldt_base: 0,
+        ldt_ents: 0,
+        gdt_frames: [0; 16],
+        gdt_ents: 0, // Xen's GDT, as on the boot vCPU
+        kernel_ss: u64::from(pv::FLAT_KERNEL_SS64),
+        kernel_sp: stack_top,
+        ctrlreg: [0; 8],
+        debugreg: [0; 8],
+        event_callback_eip: upcall,
+        failsafe_callback_eip: failsafe,
+        syscall_callback_eip: 0,
+        vm_assist: 0,
+        fs_base: 0,
+        gs_base_kernel: 0,
+        gs_base_user: 0,
+    };
+    for (v, slot) in ctx.trap_ctxt.iter_mut().enumerate().take(32) {
+        if let Some(e) = trap_entry(v) {
+            *slot = e;
+        }
+    }
+    ctx.ctrlreg[3] = pfn_to_mfn(root >> 12) << 12;
+    let r = call(hc::VCPU_OP, [abi::vcpuop::INITIALISE, u64::from(cpu), ptr(&ctx), 0, 0]);
+    if r != 0 {
+        return StartCpu::Failed(r);
+    }
+    match call(hc::VCPU_OP, [abi::vcpuop::UP, u64::from(cpu), 0, 0, 0]) {
+        0 => StartCpu::Started,
+        r => StartCpu::Failed(r),
+    }
 }
