@@ -355,6 +355,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_boot_flow_with_one_backend_reports_other_overrides() {
+        let xen = &BACKENDS[2];
+        let d = only(xen, 100, None);
+        assert_eq!((d.backend.name, d.by_override, d.problem), ("xen", false, None));
+        let d = only(xen, 100, Some("xen"));
+        assert!(d.by_override && d.problem.is_none());
+        let d = only(xen, 100, Some("kvm"));
+        assert_eq!((d.backend.name, d.problem), ("xen", Some(OverrideProblem::Unavailable("kvm"))));
+    }
+
+    #[test]
     fn cmdline_values() {
         assert_eq!(cmdline_value("a=1 pv=kvm b", "pv"), Some("kvm"));
         assert_eq!(cmdline_value("pvx=1", "pv"), None);

@@ -144,94 +144,55 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
 
     let mut set = OpSet::EMPTY;
     common::install_common(ops, &mut set);
-    let mut provide = |op: Op| set.insert(op);
-
-    ops.cpu.cpuid = cpuid;
-    ops.cpu.write_cr0 = write_cr0;
-    ops.cpu.load_gdt = keep_xen_table;
-    ops.cpu.load_tr = keep_xen_tss;
-    ops.cpu.load_idt = load_idt;
-    ops.cpu.wbinvd = wbinvd;
-    ops.cpu.io_delay = io_delay;
-    for op in [
-        Op::CpuCpuid,
-        Op::CpuWriteCr0,
-        Op::CpuLoadGdt,
-        Op::CpuLoadTr,
-        Op::CpuLoadIdt,
-        Op::CpuWbinvd,
-        Op::CpuIoDelay,
-    ] {
-        provide(op);
+    // Every op this flavour serves, with the function that serves it.
+    macro_rules! serve {
+        ($($group:ident . $field:ident = $f:expr => $op:ident;)*) => {
+            $( ops.$group.$field = $f; set.insert(Op::$op); )*
+        };
     }
-
-    ops.irq.save_flags = save_flags;
-    ops.irq.restore_flags = restore_flags;
-    ops.irq.disable = disable;
-    ops.irq.enable = enable;
-    ops.irq.safe_halt = safe_halt;
-    ops.irq.halt = halt;
-    for op in
-        [Op::IrqSaveFlags, Op::IrqRestoreFlags, Op::IrqDisable, Op::IrqEnable, Op::IrqSafeHalt, Op::IrqHalt]
-    {
-        provide(op);
+    serve! {
+        cpu.cpuid = cpuid => CpuCpuid;
+        cpu.write_cr0 = write_cr0 => CpuWriteCr0;
+        cpu.load_gdt = keep_xen_table => CpuLoadGdt;
+        cpu.load_tr = keep_xen_tss => CpuLoadTr;
+        cpu.load_idt = load_idt => CpuLoadIdt;
+        cpu.wbinvd = wbinvd => CpuWbinvd;
+        cpu.io_delay = io_delay => CpuIoDelay;
+        irq.save_flags = save_flags => IrqSaveFlags;
+        irq.restore_flags = restore_flags => IrqRestoreFlags;
+        irq.disable = disable => IrqDisable;
+        irq.enable = enable => IrqEnable;
+        irq.safe_halt = safe_halt => IrqSafeHalt;
+        irq.halt = halt => IrqHalt;
+        mmu.read_cr2 = read_cr2 => MmuReadCr2;
+        mmu.read_cr3 = read_cr3 => MmuReadCr3;
+        mmu.write_cr3 = write_cr3 => MmuWriteCr3;
+        mmu.set_pte = set_pte => MmuSetPte;
+        mmu.set_pmd = set_upper => MmuSetPmd;
+        mmu.set_pud = set_upper => MmuSetPud;
+        mmu.set_p4d = set_upper => MmuSetP4d;
+        mmu.read_entry = read_entry => MmuReadEntry;
+        mmu.pte_clear = pte_clear => MmuPteClear;
+        mmu.flush_tlb_all = flush_tlb_all => MmuFlushTlbAll;
+        mmu.flush_tlb_one = flush_tlb_one => MmuFlushTlbOne;
+        mmu.flush_tlb_multi = flush_tlb_multi => MmuFlushTlbMulti;
+        mmu.alloc_pt = alloc_pt => MmuAllocPt;
+        mmu.release_pt = release_pt => MmuReleasePt;
+        mmu.lazy_enter = lazy_enter => MmuLazyEnter;
+        mmu.lazy_leave = lazy_leave => MmuLazyLeave;
+        mmu.lazy_flush = lazy_flush => MmuLazyFlush;
+        time.set_timer = events::set_timer => TimeSetTimer;
+        apic.eoi = eoi => ApicEoi;
+        apic.send_ipi = send_ipi => ApicSendIpi;
+        apic.send_ipi_mask = send_ipi_mask => ApicSendIpiMask;
+        lock.yield_to = yield_to => LockYieldTo;
     }
-
-    ops.mmu.read_cr2 = read_cr2;
-    ops.mmu.read_cr3 = read_cr3;
-    ops.mmu.write_cr3 = write_cr3;
-    ops.mmu.set_pte = set_pte;
-    ops.mmu.set_pmd = set_upper;
-    ops.mmu.set_pud = set_upper;
-    ops.mmu.set_p4d = set_upper;
-    ops.mmu.read_entry = read_entry;
-    ops.mmu.pte_clear = pte_clear;
-    ops.mmu.flush_tlb_all = flush_tlb_all;
-    ops.mmu.flush_tlb_one = flush_tlb_one;
-    ops.mmu.flush_tlb_multi = flush_tlb_multi;
-    ops.mmu.alloc_pt = alloc_pt;
-    ops.mmu.release_pt = release_pt;
-    ops.mmu.lazy_enter = lazy_enter;
-    ops.mmu.lazy_leave = lazy_leave;
-    ops.mmu.lazy_flush = lazy_flush;
-    for op in [
-        Op::MmuReadCr2,
-        Op::MmuReadCr3,
-        Op::MmuWriteCr3,
-        Op::MmuSetPte,
-        Op::MmuSetPmd,
-        Op::MmuSetPud,
-        Op::MmuSetP4d,
-        Op::MmuReadEntry,
-        Op::MmuPteClear,
-        Op::MmuFlushTlbAll,
-        Op::MmuFlushTlbOne,
-        Op::MmuFlushTlbMulti,
-        Op::MmuAllocPt,
-        Op::MmuReleasePt,
-        Op::MmuLazyEnter,
-        Op::MmuLazyLeave,
-        Op::MmuLazyFlush,
-    ] {
-        provide(op);
-    }
-
     // SAFETY: shared_info is mapped; vCPU 0's record is Xen's.
     let khz = unsafe { pvclock::tsc_khz(common::time_record()) };
     if khz != 0 {
         TSC_KHZ.store(khz, Ordering::Relaxed);
         native::seed_tsc_khz(khz);
-        ops.time.tsc_khz = tsc_khz;
-        provide(Op::TimeTscKhz);
-    }
-    ops.time.set_timer = events::set_timer;
-    provide(Op::TimeSetTimer);
-    ops.apic.eoi = eoi;
-    ops.apic.send_ipi = send_ipi;
-    ops.apic.send_ipi_mask = send_ipi_mask;
-    ops.lock.yield_to = yield_to;
-    for op in [Op::ApicEoi, Op::ApicSendIpi, Op::ApicSendIpiMask, Op::LockYieldTo] {
-        provide(op);
+        serve! { time.tsc_khz = tsc_khz => TimeTscKhz; }
     }
     common::install_clocks(ops, &mut set);
 
