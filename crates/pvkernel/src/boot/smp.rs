@@ -190,26 +190,23 @@ fn start_with_init_sipi() {
 /// Entry of a CPU the backend started (`cpu` in rdi), on its stack slot, on the
 /// kernel's tables, with interrupts (events) off. No local APIC is ours here.
 extern "C" fn hypervisor_ap_entry(cpu: u64) -> ! {
-    ARRIVED.fetch_add(1, Ordering::Relaxed);
-    let cpu = cpu as u32;
-    crate::percpu::init_this_cpu(cpu);
-    crate::arch::gdt::init(cpu);
-    crate::arch::traps::load_on_this_cpu();
-    crate::arch::apic::init(false);
-    paravirt::init_secondary();
-    mark_online(cpu);
-    crate::smp::idle()
+    ap_main(cpu as u32, false)
 }
 
 /// Rust entry of an AP, on its own stack, in long mode on the kernel's tables.
 extern "C" fn ap_entry(_arrival: u32) -> ! {
+    ap_main(paravirt::cpu::cpuid(1, 0).ebx >> 24, true)
+}
+
+/// An AP's set-up, the same however it was started: per-CPU area, GDT, IDT,
+/// local APIC (when the kernel owns one), the backend's per-CPU state; then idle.
+fn ap_main(cpu: u32, owns_apic: bool) -> ! {
     ARRIVED.fetch_add(1, Ordering::Relaxed);
-    let apic_id = paravirt::cpu::cpuid(1, 0).ebx >> 24;
-    crate::percpu::init_this_cpu(apic_id);
-    crate::arch::gdt::init(apic_id);
+    crate::percpu::init_this_cpu(cpu);
+    crate::arch::gdt::init(cpu);
     crate::arch::traps::load_on_this_cpu();
-    crate::arch::apic::init(true);
+    crate::arch::apic::init(owns_apic);
     paravirt::init_secondary();
-    mark_online(apic_id);
+    mark_online(cpu);
     crate::smp::idle()
 }
