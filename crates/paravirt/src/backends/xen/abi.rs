@@ -29,6 +29,8 @@ pub mod hypercall {
     pub const MMU_UPDATE: u32 = 1;
     /// `set_callbacks(event, failsafe, syscall)` (x86-64).
     pub const SET_CALLBACKS: u32 = 4;
+    /// `vm_assist(cmd, type)`.
+    pub const VM_ASSIST: u32 = 21;
     /// `fpu_taskswitch(set)`: sets or clears CR0.TS.
     pub const FPU_TASKSWITCH: u32 = 5;
     /// `memory_op`.
@@ -218,6 +220,39 @@ pub mod vcpuop {
     pub const INITIALISE: u64 = 0;
     /// Make it runnable.
     pub const UP: u64 = 1;
+}
+
+/// `vcpu_op` command registering a vCPU's runstate area (vcpu.h), argument: the
+/// area's guest virtual address.
+pub const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
+/// `vm_assist` command and type: Xen sets bit 63 of `state_entry_time` while it
+/// updates a runstate area (xen.h `VMASST_CMD_enable`, `VMASST_TYPE_runstate_update_flag`).
+pub const VMASST_CMD_ENABLE: u64 = 0;
+/// See [`VMASST_CMD_ENABLE`].
+pub const VMASST_TYPE_RUNSTATE_UPDATE_FLAG: u64 = 5;
+/// `XEN_RUNSTATE_UPDATE`: the area is being written.
+pub const XEN_RUNSTATE_UPDATE: u64 = 1 << 63;
+
+/// `struct vcpu_runstate_info` (vcpu.h), 48 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuRunstateInfo {
+    /// `RUNSTATE_*`.
+    pub state: i32,
+    /// Padding.
+    pub pad: u32,
+    /// System time of the last state change (bit 63: update in progress).
+    pub state_entry_time: u64,
+    /// Time spent in each state, ns.
+    pub time: [u64; 4],
+}
+
+/// `RUNSTATE_*` (vcpu.h): indices into [`VcpuRunstateInfo::time`].
+pub mod runstate {
+    /// Runnable but not running: time stolen by other vCPUs.
+    pub const RUNNABLE: usize = 1;
+    /// Not runnable, not blocked: time the hypervisor took it away.
+    pub const OFFLINE: usize = 3;
 }
 
 /// `vcpu_guest_context.flags`: the vCPU starts in kernel mode (arch-x86/xen.h).
@@ -429,6 +464,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TrapInfo>(), 16);
         assert_eq!(core::mem::size_of::<XenHvmParam>(), 16);
         assert_eq!(core::mem::size_of::<CpuUserRegs>(), 200);
+        assert_eq!(core::mem::size_of::<VcpuRunstateInfo>(), 48);
         assert_eq!(core::mem::offset_of!(VcpuGuestContext, user_regs), 520);
         assert_eq!(core::mem::offset_of!(VcpuGuestContext, trap_ctxt), 720);
         assert_eq!(core::mem::offset_of!(VcpuGuestContext, ctrlreg), 4816 + 8 * 21);

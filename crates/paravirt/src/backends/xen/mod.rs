@@ -12,6 +12,7 @@ pub mod hypercall;
 pub mod ops;
 pub mod probe;
 pub mod pv;
+pub mod runstate;
 
 use crate::select::{AbiLine, Backend, InitEnv, OpSet};
 use crate::table::PvOps;

@@ -12,6 +12,7 @@
 //! | time.tsc_khz (and the native TSC clock) | CPUID base+3 (time leaf), ECX |
 //! | time.clock_ns, sched_clock, wall_clock | pvclock in `shared_info` (mapped with `XENMEM_add_to_physmap`), vCPU 0's record, kept monotonic; `wc_*` for the wall clock |
 //! | memory map | `memory_op(XENMEM_memory_map)` (hvm_start_info v0 has none) |
+//! | time.steal_clock, lock.vcpu_is_preempted | the boot vCPU's runstate area (`VCPUOP_register_runstate_memory_area`); 0 / false for the others |
 //! | time.set_timer | `set_timer_op` + `VIRQ_TIMER`, delivered through `HVM_PARAM_CALLBACK_IRQ` (vector callback, [`CALLBACK_VECTOR`]) on the boot vCPU |
 //! | cpu.load_idt | native `lidt`, with the callback vector's gate claimed first |
 //! | irq.safe_halt | native `sti; hlt`: Xen turns the HLT exit into `SCHEDOP_block`, and the `sti` shadow keeps the wake-up race closed |
@@ -24,6 +25,7 @@ use super::abi::{self, hypercall as hc, shared_info as si, E820Entry, XenAddToPh
 use super::events;
 use super::hypercall::{call3 as hypercall3, ptr, Page, XEN_HYPERCALL_PAGE};
 use super::probe;
+use super::runstate;
 use crate::backends::native::ops as native;
 use crate::backends::pvclock::{self, PvclockVcpuTimeInfo};
 use crate::ops::cpu::DescriptorTablePointer;
@@ -62,6 +64,14 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     }
     if map_shared_info() {
         install_clocks(ops, &mut set);
+        // The boot vCPU's runstate only: other CPUs are known by APIC ID here.
+        runstate::enable_update_flag();
+        if runstate::register(0) {
+            ops.time.steal_clock = runstate::steal_clock;
+            ops.lock.vcpu_is_preempted = runstate::vcpu_is_preempted;
+            set.insert(Op::TimeStealClock);
+            set.insert(Op::LockVcpuIsPreempted);
+        }
         if install_event_callback() {
             ops.cpu.load_idt = load_idt;
             ops.time.set_timer = set_timer;

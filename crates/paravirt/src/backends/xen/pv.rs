@@ -26,6 +26,7 @@
 //! | mmu.lazy_* | queued entry writes (+ one deferred TLB flush) sent as one `multicall` |
 //! | time.clock_ns, sched_clock, wall_clock, tsc_khz | `shared_info` (mapped with `update_va_mapping`): pvclock + `wc_*` |
 //! | time.set_timer | `set_timer_op` + `VIRQ_TIMER` bound to an event channel |
+//! | time.steal_clock, lock.vcpu_is_preempted | the vCPU's runstate area (`VCPUOP_register_runstate_memory_area`): runnable + offline time; state runnable |
 //! | apic.eoi | nothing (the upcall acknowledges each port) |
 //! | apic.send_ipi(_mask) | the target's IPI event channel (`EVTCHNOP_bind_ipi` / `EVTCHNOP_send`) |
 //! | lock.yield_to | `sched_op(SCHEDOP_yield)` |
@@ -51,6 +52,7 @@ use super::abi::{
 use super::events::{self, upcall_mask, upcall_pending, vcpu_field};
 use super::hypercall::{self, call, call3, ptr};
 use super::ops::{self as common, SHARED_INFO};
+use super::runstate;
 use crate::backends::native::ops as native;
 use crate::backends::pvclock;
 use crate::lazy::{LazyQueue, Update};
@@ -141,6 +143,8 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
     assert_eq!(r, 0, "xen-pv: set_callbacks failed");
     events::bind_timer(0);
     events::bind_ipi(0);
+    runstate::enable_update_flag();
+    let steal = runstate::register(0);
 
     let mut set = OpSet::EMPTY;
     common::install_common(ops, &mut set);
@@ -193,6 +197,12 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
         TSC_KHZ.store(khz, Ordering::Relaxed);
         native::seed_tsc_khz(khz);
         serve! { time.tsc_khz = tsc_khz => TimeTscKhz; }
+    }
+    if steal {
+        serve! {
+            time.steal_clock = runstate::steal_clock => TimeStealClock;
+            lock.vcpu_is_preempted = runstate::vcpu_is_preempted => LockVcpuIsPreempted;
+        }
     }
     common::install_clocks(ops, &mut set);
 
@@ -657,6 +667,7 @@ pub fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> StartCpu {
     }
     events::bind_timer(cpu);
     events::bind_ipi(cpu);
+    runstate::register(cpu);
     let root = CR3[this_cpu()].load(Ordering::Relaxed);
     CR3[cpu as usize].store(root, Ordering::Relaxed);
     // SAFETY: the callbacks are assembly entry points.
