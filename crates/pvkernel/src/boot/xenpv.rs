@@ -67,12 +67,7 @@ xen_pv_start:
     loader_note = const note::XEN_ELFNOTE_LOADER,
 );
 
-/// `start_info` offsets (xen.h, x86-64).
-const NR_PAGES: u64 = 32;
-const PT_BASE: u64 = 88;
-const NR_PT_FRAMES: u64 = 96;
-const CMD_LINE: u64 = 128;
-const MAGIC_PREFIX: &[u8; 4] = b"xen-";
+use paravirt::backends::xen::abi::pv::{start_info as field, START_INFO_MAGIC};
 
 const PAGE: u64 = 4096;
 const FOUR_MIB: u64 = 4 << 20;
@@ -89,22 +84,22 @@ fn parse(start_info: u64) -> BootInfo {
     let mut boot = BootInfo::empty("xen-pv");
     boot.flow = paravirt::BootFlow::XenPv { start_info };
     boot.start_info_paddr = start_info;
-    let word = |off: u64| {
+    let word = |off: usize| {
         // SAFETY: Xen mapped `start_info` for us; offsets from xen.h.
-        unsafe { ((start_info + off) as *const u64).read() }
+        unsafe { ((start_info + off as u64) as *const u64).read() }
     };
     // SAFETY: `magic` is the first 32 bytes of the mapped structure.
     let magic = unsafe { (start_info as *const [u8; 4]).read() };
-    if &magic != MAGIC_PREFIX {
+    if &magic != START_INFO_MAGIC {
         boot.error = Some("start_info magic mismatch");
         return boot;
     }
     // SAFETY: `cmd_line` is 1024 bytes, NUL-terminated by Xen (strlcpy).
-    unsafe { boot.set_cmdline_from_cstr((start_info + CMD_LINE) as *const u8) };
-    let ram_end = word(NR_PAGES) * PAGE;
+    unsafe { boot.set_cmdline_from_cstr((start_info + field::CMD_LINE as u64) as *const u8) };
+    let ram_end = word(field::NR_PAGES) * PAGE;
     // The bootstrap stack page follows the page tables; the mapping ends at the
     // next 4 MiB boundary with at least 512 KiB to spare (xen.h).
-    let stack_end = word(PT_BASE) + word(NR_PT_FRAMES) * PAGE + PAGE;
+    let stack_end = word(field::PT_BASE) + word(field::NR_PT_FRAMES) * PAGE + PAGE;
     let mut mapped_end = stack_end.next_multiple_of(FOUR_MIB);
     if mapped_end - stack_end < 512 << 10 {
         mapped_end += FOUR_MIB;

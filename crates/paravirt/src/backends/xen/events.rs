@@ -1,8 +1,8 @@
 //! Event channels, both flavours: ports bound to the timer and to IPIs, and the
 //! upcall that turns pending ports into the kernel's interrupt vectors.
 //!
-//! Xen signals events through vCPU 0's `vcpu_info` (`evtchn_upcall_pending`, the
-//! selector word) and the `evtchn_pending`/`evtchn_mask` bitmaps in
+//! Xen signals events through each vCPU's `vcpu_info` (`evtchn_upcall_pending`,
+//! the selector word) and the `evtchn_pending`/`evtchn_mask` bitmaps in
 //! `shared_info`. It enters the upcall through `set_callbacks` (PV) or the
 //! vector named by `HVM_PARAM_CALLBACK_IRQ` (HVM/PVH). The upcall marks the
 //! vectors its ports stand for and runs each through the handler the kernel's IDT
@@ -63,6 +63,7 @@ core::arch::global_asm!(
     push r9
     push r10
     push r11
+    cld
 2:
     mov rbx, rsp
     and rsp, -16
@@ -129,11 +130,8 @@ extern "C" {
     pub(super) fn xen_hvm_upcall();
 }
 
-/// Address of an assembly entry point.
-///
-/// # Safety
-/// `f` must be one of the backend's assembly entry points.
-pub(super) unsafe fn entry_address(f: unsafe extern "C" fn()) -> u64 {
+/// Address of an assembly entry point (to hand to Xen; never called from Rust).
+pub(super) fn entry_address(f: unsafe extern "C" fn()) -> u64 {
     f as usize as u64
 }
 

@@ -145,8 +145,7 @@ unsafe fn claim_callback_gate(idt: &DescriptorTablePointer) {
     // SAFETY: forwarded from the caller.
     unsafe { events::record_idt(idt, |_| {}) };
     let gates = idt.base as *mut u64;
-    // SAFETY: the upcall is an assembly entry point.
-    let handler = unsafe { events::entry_address(events::xen_hvm_upcall) };
+    let handler = events::entry_address(events::xen_hvm_upcall);
     // SAFETY: gate 0 and gate `v` lie within the table (checked above).
     unsafe {
         let selector = (gates.read() >> 16) & 0xffff;

@@ -131,15 +131,10 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
     let iopl = 1u32;
     call3(hc::PHYSDEV_OP, abi::PHYSDEVOP_SET_IOPL, ptr(&iopl), 0);
 
-    // SAFETY: the entry points below are ours and follow Xen's callback frames.
-    let r = unsafe {
-        call3(
-            hc::SET_CALLBACKS,
-            events::entry_address(events::xen_pv_upcall),
-            events::entry_address(xen_pv_failsafe),
-            0,
-        )
-    };
+    // The entry points follow Xen's callback frames (see their assembly).
+    let (upcall, failsafe) =
+        (events::entry_address(events::xen_pv_upcall), events::entry_address(xen_pv_failsafe));
+    let r = call3(hc::SET_CALLBACKS, upcall, failsafe, 0);
     assert_eq!(r, 0, "xen-pv: set_callbacks failed");
     events::bind_timer(0);
     events::bind_ipi(0);
@@ -342,8 +337,7 @@ static TRAP_DPL: [AtomicU8; 32] = [const { AtomicU8::new(u8::MAX) }; 32];
 /// The trap-table entry for exception `vector`, if the kernel's IDT has one.
 fn trap_entry(vector: usize) -> Option<TrapInfo> {
     let dpl = TRAP_DPL.get(vector)?.load(Ordering::Relaxed);
-    // SAFETY: the stubs are an assembly entry point.
-    let stubs = unsafe { events::entry_address(xen_pv_trap_stubs) };
+    let stubs = events::entry_address(xen_pv_trap_stubs);
     (dpl != u8::MAX).then(|| TrapInfo {
         vector: vector as u8,
         flags: dpl, // and no event masking: events stay as they were
@@ -424,7 +418,7 @@ extern "C" fn halt() {
 // --------------------------------------------------------------------- mmu ---
 
 extern "C" fn read_cr2() -> u64 {
-    // SAFETY: vCPU 0's `arch.cr2`, written by Xen before it delivers a #PF.
+    // SAFETY: this vCPU's `arch.cr2`, written by Xen before it delivers a #PF.
     unsafe { vcpu_field::<u64>(si::vcpu_info::CR2).read_volatile() }
 }
 
@@ -670,9 +664,8 @@ pub fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> StartCpu {
     runstate::register(cpu);
     let root = CR3[this_cpu()].load(Ordering::Relaxed);
     CR3[cpu as usize].store(root, Ordering::Relaxed);
-    // SAFETY: the callbacks are assembly entry points.
     let (upcall, failsafe) =
-        unsafe { (events::entry_address(events::xen_pv_upcall), events::entry_address(xen_pv_failsafe)) };
+        (events::entry_address(events::xen_pv_upcall), events::entry_address(xen_pv_failsafe));
     let mut ctx = abi::VcpuGuestContext {
         fpu_ctxt: [0; 512],
         flags: abi::VGCF_IN_KERNEL,
