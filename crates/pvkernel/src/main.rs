@@ -103,6 +103,9 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
         Some(paravirt::select::OverrideProblem::Unknown(n)) => {
             diag!("pv={}: no such backend; selected by probing", n)
         }
+        Some(paravirt::select::OverrideProblem::Unavailable(n)) if !owns_hardware => {
+            diag!("pv={}: a Xen PV kernel can only run on the xen backend", n)
+        }
         Some(paravirt::select::OverrideProblem::Unavailable(n)) => {
             diag!("pv={}: backend not detected here; selected by probing", n)
         }
