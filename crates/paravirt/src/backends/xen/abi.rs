@@ -353,6 +353,23 @@ pub mod sched {
     pub const BLOCK: u64 = 1;
     /// Shut the domain down; argument: `struct sched_shutdown { reason }`.
     pub const SHUTDOWN: u64 = 2;
+    /// Block until one of some ports is pending (even masked); argument:
+    /// [`super::SchedPoll`].
+    pub const POLL: u64 = 3;
+}
+
+/// `struct sched_poll` (sched.h), 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SchedPoll {
+    /// Guest address of an array of `evtchn_port_t` (u32).
+    pub ports: u64,
+    /// Entries in it.
+    pub nr_ports: u32,
+    /// Padding.
+    pub pad: u32,
+    /// Absolute system time to give up at (0: never).
+    pub timeout: u64,
 }
 
 /// `sched_shutdown.reason` values (sched.h).
@@ -465,6 +482,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<XenHvmParam>(), 16);
         assert_eq!(core::mem::size_of::<CpuUserRegs>(), 200);
         assert_eq!(core::mem::size_of::<VcpuRunstateInfo>(), 48);
+        assert_eq!(core::mem::size_of::<SchedPoll>(), 24);
         assert_eq!(core::mem::offset_of!(VcpuGuestContext, user_regs), 520);
         assert_eq!(core::mem::offset_of!(VcpuGuestContext, trap_ctxt), 720);
         assert_eq!(core::mem::offset_of!(VcpuGuestContext, ctrlreg), 4816 + 8 * 21);

@@ -15,7 +15,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use super::abi::{evtchn, hypercall as hc, shared_info as si};
+use super::abi::{evtchn, hypercall as hc, shared_info as si, SchedPoll};
 use super::hypercall::{call, call3, ptr};
 use super::ops::SHARED_INFO;
 use crate::ops::cpu::DescriptorTablePointer;
@@ -309,6 +309,46 @@ pub(super) fn bind_timer(cpu: u32) {
 pub(super) fn bind_ipi(cpu: u32) {
     let port = bind(evtchn::BIND_IPI, &mut [cpu, 0]);
     IPI_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
+}
+
+/// Per CPU: the port a spinlock waiter polls (masked: it never raises the upcall).
+static KICK_PORT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_PORT) }; MAX_CPUS];
+
+/// Binds vCPU `cpu`'s kick port, masked (from any vCPU).
+pub(super) fn bind_kick(cpu: u32) {
+    let mut arg = [cpu, 0];
+    if call3(hc::EVENT_CHANNEL_OP, evtchn::BIND_IPI, arg.as_mut_ptr() as u64, 0) != 0 {
+        return;
+    }
+    let port = arg[1];
+    shared_word(si::EVTCHN_MASK, port as usize / 64).fetch_or(1 << (port % 64), Ordering::AcqRel);
+    KICK_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
+}
+
+/// The PV spinlock wait: clear this CPU's kick port, re-check the byte, then
+/// `SCHEDOP_poll` on the port until a [`lock_kick`] (or an event to deliver)
+/// arrives. Spins (returns at once) where no kick port is bound.
+pub(super) extern "C" fn lock_wait(byte: *const u8, value: u8) {
+    let port = KICK_PORT[this_cpu()].load(Ordering::Relaxed);
+    if port == NO_PORT {
+        return;
+    }
+    shared_word(si::EVTCHN_PENDING, port as usize / 64).fetch_and(!(1 << (port % 64)), Ordering::AcqRel);
+    // SAFETY: the caller's lock byte, read once after the clear: a kick after
+    // this read leaves the port pending and the poll returns at once.
+    if unsafe { AtomicU8::from_ptr(byte as *mut u8) }.load(Ordering::Acquire) != value {
+        return;
+    }
+    let poll = SchedPoll { ports: ptr(&port), nr_ports: 1, pad: 0, timeout: 0 };
+    call3(hc::SCHED_OP, super::abi::sched::POLL, ptr(&poll), 0);
+}
+
+/// Wakes `cpu` from [`lock_wait`].
+pub(super) extern "C" fn lock_kick(cpu: u32) {
+    let port = KICK_PORT[cpu as usize % MAX_CPUS].load(Ordering::Relaxed);
+    if port != NO_PORT {
+        call3(hc::EVENT_CHANNEL_OP, evtchn::SEND, ptr(&port), 0);
+    }
 }
 
 /// Raises `vector` on `cpu` through its IPI port; false if it has none.

@@ -30,6 +30,7 @@
 //! | apic.eoi | nothing (the upcall acknowledges each port) |
 //! | apic.send_ipi(_mask) | the target's IPI event channel (`EVTCHNOP_bind_ipi` / `EVTCHNOP_send`) |
 //! | lock.yield_to | `sched_op(SCHEDOP_yield)` |
+//! | lock.wait, lock.kick | `SCHEDOP_poll` on the vCPU's masked kick port; `EVTCHNOP_send` to it |
 //! | console.write | `console_io` |
 //! | power.* | debug-exit port (after `PHYSDEVOP_set_iopl`) and `SCHEDOP_shutdown` |
 //!
@@ -138,6 +139,7 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
     assert_eq!(r, 0, "xen-pv: set_callbacks failed");
     events::bind_timer(0);
     events::bind_ipi(0);
+    events::bind_kick(0);
     runstate::enable_update_flag();
     let steal = runstate::register(0);
 
@@ -185,6 +187,8 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
         apic.send_ipi = send_ipi => ApicSendIpi;
         apic.send_ipi_mask = send_ipi_mask => ApicSendIpiMask;
         lock.yield_to = yield_to => LockYieldTo;
+        lock.wait = events::lock_wait => LockWait;
+        lock.kick = events::lock_kick => LockKick;
     }
     // SAFETY: shared_info is mapped; vCPU 0's record is Xen's.
     let khz = unsafe { pvclock::tsc_khz(common::time_record()) };
@@ -661,6 +665,7 @@ pub fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> StartCpu {
     }
     events::bind_timer(cpu);
     events::bind_ipi(cpu);
+    events::bind_kick(cpu);
     runstate::register(cpu);
     let root = CR3[this_cpu()].load(Ordering::Relaxed);
     CR3[cpu as usize].store(root, Ordering::Relaxed);
