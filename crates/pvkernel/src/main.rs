@@ -28,13 +28,13 @@ pub use paravirt::select::cmdline_value;
 
 /// Entered from a boot protocol with everything it told us.
 pub fn kernel_main(mut boot: BootInfo) -> ! {
+    let owns_hardware = boot.owns_hardware();
     // Under Xen PV the boot CPU is vCPU 0 and CPU numbers are vCPU ids.
-    let bsp = if boot.owns_hardware() { arch::apic::id() } else { 0 };
+    let bsp = if owns_hardware { arch::apic::id() } else { 0 };
     percpu::init_this_cpu(bsp);
     // A kernel that owns the CPU loads its tables first, so that faults during
     // backend set-up are reported; a Xen PV kernel can load them only through
     // the backend (a trap table instead of an IDT).
-    let owns_hardware = boot.owns_hardware();
     if owns_hardware {
         arch::gdt::init(bsp);
         arch::traps::init();
