@@ -92,8 +92,6 @@ pub mod pv {
         pub const NR_PAGES: usize = 32;
         /// `shared_info`: MACHINE address of the shared-info page.
         pub const SHARED_INFO: usize = 40;
-        /// `flags`: `SIF_*`.
-        pub const FLAGS: usize = 48;
         /// `pt_base`: VIRTUAL address of the bootstrap top-level table.
         pub const PT_BASE: usize = 88;
         /// `nr_pt_frames`: bootstrap page-table frames (they follow `pt_base`).
@@ -102,11 +100,7 @@ pub mod pv {
         pub const MFN_LIST: usize = 104;
         /// `cmd_line`: NUL-terminated, 1024 bytes.
         pub const CMD_LINE: usize = 128;
-        /// Size of `cmd_line`.
-        pub const CMD_LINE_SIZE: usize = 1024;
     }
-    /// `SIF_INITDOMAIN`: this is dom0.
-    pub const SIF_INITDOMAIN: u32 = 1 << 1;
     /// The read-only machine-to-phys table (xen-x86_64.h `MACH2PHYS_VIRT_START`).
     pub const MACH2PHYS_VIRT_START: u64 = 0xffff_8000_0000_0000;
     /// 64-bit kernel code selector in Xen's GDT (xen-x86_64.h `FLAT_KERNEL_CS64`).
@@ -174,8 +168,6 @@ pub mod mmuext {
     pub const TLB_FLUSH_MULTI: u32 = 8;
     /// Flush one address on the vCPUs in a mask.
     pub const INVLPG_MULTI: u32 = 9;
-    /// Flush the TLBs of every vCPU of the domain.
-    pub const TLB_FLUSH_ALL: u32 = 10;
     /// Write back and invalidate caches (the PV `wbinvd`).
     pub const FLUSH_CACHE: u32 = 12;
 }

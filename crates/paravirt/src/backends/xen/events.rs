@@ -33,12 +33,14 @@ pub fn delivered() -> u64 {
 }
 
 /// Binds an event channel with `cmd` (the argument's last word receives the
-/// port) and unmasks it; [`NO_PORT`] if Xen refused.
-pub(super) fn bind<const N: usize>(cmd: u64, arg: &mut [u32; N]) -> u32 {
-    if call3(hc::EVENT_CHANNEL_OP, cmd, arg.as_mut_ptr() as u64, 0) != 0 {
-        return NO_PORT;
-    }
-    let port = arg[N - 1];
+/// port); `None` if Xen refused.
+fn bind_port<const N: usize>(cmd: u64, arg: &mut [u32; N]) -> Option<u32> {
+    (call3(hc::EVENT_CHANNEL_OP, cmd, arg.as_mut_ptr() as u64, 0) == 0).then(|| arg[N - 1])
+}
+
+/// [`bind_port`], then unmasks the port; [`NO_PORT`] if Xen refused.
+fn bind<const N: usize>(cmd: u64, arg: &mut [u32; N]) -> u32 {
+    let Some(port) = bind_port(cmd, arg) else { return NO_PORT };
     call3(hc::EVENT_CHANNEL_OP, evtchn::UNMASK, ptr(&port), 0);
     port
 }
@@ -316,11 +318,7 @@ static KICK_PORT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_PORT) }; MA
 
 /// Binds vCPU `cpu`'s kick port, masked (from any vCPU).
 pub(super) fn bind_kick(cpu: u32) {
-    let mut arg = [cpu, 0];
-    if call3(hc::EVENT_CHANNEL_OP, evtchn::BIND_IPI, arg.as_mut_ptr() as u64, 0) != 0 {
-        return;
-    }
-    let port = arg[1];
+    let Some(port) = bind_port(evtchn::BIND_IPI, &mut [cpu, 0]) else { return };
     shared_word(si::EVTCHN_MASK, port as usize / 64).fetch_or(1 << (port % 64), Ordering::AcqRel);
     KICK_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
 }
