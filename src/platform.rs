@@ -139,6 +139,16 @@ pub const ALL: &[Platform] = &[
         timeout: Duration::from_secs(60),
     },
     Platform {
+        name: "pvrun-lguest",
+        launcher: Launcher::Pvrun("lguest"),
+        expect_platform: "lguest",
+        expect_backend: "lguest",
+        cpus: 1,
+        extra_args: &[],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
         name: "xen-pv",
         launcher: Launcher::Xen(XenDom0::Pv),
         expect_platform: "xen",
@@ -214,14 +224,25 @@ impl Platform {
     pub fn boot_protocol(&self) -> &'static str {
         match self.launcher {
             Launcher::Xen(XenDom0::Pv) => "xen-pv",
+            Launcher::Pvrun("lguest") => "lguest",
             _ => "pvh",
         }
     }
 
-    /// Whether the kernel runs deprivileged there (Xen PV: ring 3, every
-    /// privileged op served by the backend, none inline).
+    /// Whether the kernel runs deprivileged there (Xen PV, lguest: ring 3,
+    /// every privileged op served by the backend).
     pub fn deprivileged(&self) -> bool {
-        self.launcher == Launcher::Xen(XenDom0::Pv)
+        matches!(self.launcher, Launcher::Xen(XenDom0::Pv) | Launcher::Pvrun("lguest"))
+    }
+
+    /// What the kernel's `# op irq.disable` line must say there: the inline
+    /// `cli`, Xen PV's `vcpu_info` store, or lguest's inline store.
+    pub fn irq_disable_implementation(&self) -> &'static str {
+        match self.launcher {
+            Launcher::Xen(XenDom0::Pv) => "xen",
+            Launcher::Pvrun("lguest") => "lguest-inline",
+            _ => "native-inline",
+        }
     }
 
     /// `Err(reason)` when this machine cannot run the platform.

@@ -1,11 +1,11 @@
 //! pvkernel touches privileged state only through the `paravirt` API: raw `cli`,
-//! `sti`, `hlt`, `wrmsr`, `rdmsr`, `mov` to/from `cr3`, `invlpg`, `lgdt` and `lidt`
-//! may appear only in pvkernel's boot code (`src/boot/`) and in `paravirt`'s
+//! `sti`, `hlt`, `wrmsr`, `rdmsr`, `mov` to/from `cr3`, `invlpg`, `lgdt`, `lidt` and
+//! `iretq` may appear only in pvkernel's boot code (`src/boot/`) and in `paravirt`'s
 //! backends (`src/backends/`). This scans the asm text of every other source file.
 
 use std::path::{Path, PathBuf};
 
-const FORBIDDEN: &[&str] = &["cli", "sti", "hlt", "wrmsr", "rdmsr", "invlpg", "lgdt", "lidt"];
+const FORBIDDEN: &[&str] = &["cli", "sti", "hlt", "wrmsr", "rdmsr", "invlpg", "lgdt", "lidt", "iretq"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("readable source dir") {

@@ -80,6 +80,15 @@ pub enum BootFlow {
         /// Virtual address of Xen's `start_info`.
         start_info: u64,
     },
+    /// Entered at the lguest64 entry in ring 3 (pvrun `--personality lguest`):
+    /// only the lguest backend can run the kernel. It registers `lguest_data`
+    /// and switches to `page_table` (lguest_entry's `LGUEST_INIT` then
+    /// `NEW_PGTABLE`).
+    Lguest {
+        /// Physical address of the kernel's first top-level page table: an
+        /// identity map of the kernel, user-accessible, slot 511 left empty.
+        page_table: u64,
+    },
 }
 
 static BOOT_FLOW: AtomicUsize = AtomicUsize::new(0);
@@ -137,10 +146,12 @@ impl Selection<'_> {
     /// How `op` is served: `native-inline`, `native`, or the backend's name (and
     /// `indirect` when sites were not patched).
     pub fn implementation(&self, op: Op) -> &'static str {
+        let backend = self.decision.backend;
         let inline = op.info().native_inline.is_some();
         match (self.patched.is_some(), self.provided.contains(op)) {
             (false, _) => "indirect",
-            (true, true) => self.decision.backend.name,
+            (true, true) if (backend.patch)(op).is_some() => backend.inline_name,
+            (true, true) => backend.name,
             (true, false) if inline => "native-inline",
             (true, false) => "native",
         }
@@ -176,9 +187,12 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
             BOOT_FLOW.store(start_info as usize, Ordering::Relaxed);
             select::only(&backends::xen::BACKEND, backends::xen::probe::PV_PRIORITY, requested)
         }
+        BootFlow::Lguest { .. } => {
+            select::only(&backends::lguest::BACKEND, backends::lguest::probe::PRIORITY, requested)
+        }
     };
     let mut ops = PvOps::NATIVE;
-    let env = InitEnv { cpuid: &src, probe: &probe, virt_to_phys: params.virt_to_phys };
+    let env = InitEnv { cpuid: &src, probe: &probe, virt_to_phys: params.virt_to_phys, boot: params.boot };
     let (provided, abi) = (decision.backend.install)(&env, &mut ops);
     SELECTED.store(decision.backend as *const select::Backend as usize, Ordering::Release);
     // SAFETY: one CPU, no op running (caller's contract).
@@ -186,7 +200,7 @@ pub unsafe fn init<'a>(params: &InitParams<'a>) -> Selection<'a> {
     let patch_off = select::cmdline_value(params.cmdline, "pv.patch") == Some("off");
     let patched = (!patch_off).then(|| {
         // SAFETY: as above; sites are not executing while we rewrite them.
-        unsafe { patch::apply(|op| decide_patch(op, &provided, &ops)) }
+        unsafe { patch::apply(|op| decide_patch(op, &provided, &ops, decision.backend)) }
     });
     Selection { decision, provided, abi, patched }
 }
@@ -253,12 +267,18 @@ pub fn init_secondary() {
     }
 }
 
-/// The patch for `op`: the native bytes inline when the op stayed native and has a
-/// short form, else a direct call to whatever the table holds.
-pub fn decide_patch(op: Op, provided: &OpSet, ops: &PvOps) -> Patch {
+/// The patch for `op`: the backend's own inline form for an op it provides (if it
+/// has one), the native bytes inline when the op stayed native and has a short
+/// form, else a direct call to whatever the table holds.
+pub fn decide_patch(op: Op, provided: &OpSet, ops: &PvOps, backend: &select::Backend) -> Patch {
+    let to_implementation =
+        || if op.info().jump { Patch::Jump(ops.target(op)) } else { Patch::Call(ops.target(op)) };
+    if provided.contains(op) {
+        return (backend.patch)(op).unwrap_or_else(to_implementation);
+    }
     match op.info().native_inline {
-        Some(bytes) if !provided.contains(op) => Patch::Inline(bytes),
-        _ => Patch::Call(ops.target(op)),
+        Some(bytes) => Patch::Inline(bytes),
+        None => to_implementation(),
     }
 }
 
@@ -301,17 +321,18 @@ mod tests {
         ops.time.clock_ns = fake_clock;
         let mut provided = OpSet::EMPTY;
         provided.insert(Op::TimeClockNs);
+        let kvm = &BACKENDS[1];
         assert_eq!(
-            decide_patch(Op::TimeClockNs, &provided, &ops),
+            decide_patch(Op::TimeClockNs, &provided, &ops, kvm),
             Patch::Call(fake_clock as *const () as u64)
         );
-        assert_eq!(decide_patch(Op::IrqDisable, &provided, &ops), Patch::Inline(&[0xfa]));
+        assert_eq!(decide_patch(Op::IrqDisable, &provided, &ops, kvm), Patch::Inline(&[0xfa]));
         assert_eq!(
-            decide_patch(Op::ConsoleWrite, &provided, &ops),
+            decide_patch(Op::ConsoleWrite, &provided, &ops, kvm),
             Patch::Call(ops.console.write as usize as u64)
         );
         // A backend that overrides an op with a native form gets a call, not the bytes.
         provided.insert(Op::CpuIoDelay);
-        assert!(matches!(decide_patch(Op::CpuIoDelay, &provided, &ops), Patch::Call(_)));
+        assert!(matches!(decide_patch(Op::CpuIoDelay, &provided, &ops, kvm), Patch::Call(_)));
     }
 }

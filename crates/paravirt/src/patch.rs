@@ -27,14 +27,22 @@ pub const MAX_SITE_LEN: usize = 15;
 pub const PAD_PREFIX: u8 = 0x3e;
 /// Most prefixes we put on one instruction (the architectural limit is 15 bytes per
 /// instruction; we stay well inside it).
-pub const MAX_PAD_PREFIXES: usize = 5;
+pub const MAX_PAD_PREFIXES: usize = 6;
 
-/// Bytes a site occupies for `op`.
+/// Bytes a site occupies for `op`: the longest of the indirect call, the native
+/// form and the op's reserved minimum.
 pub const fn site_len(op: Op) -> usize {
-    match op.info().native_inline {
-        Some(b) if b.len() > INDIRECT_CALL_LEN => b.len(),
-        _ => INDIRECT_CALL_LEN,
+    let info = op.info();
+    let mut len = INDIRECT_CALL_LEN;
+    if let Some(b) = info.native_inline {
+        if b.len() > len {
+            len = b.len();
+        }
     }
+    if info.min_site_len > len {
+        len = info.min_site_len;
+    }
+    len
 }
 
 /// Emits a patchable site for `$op` (an [`Op`] path) with the given asm operands.
@@ -62,6 +70,31 @@ macro_rules! pv_site {
             pv_len = const $crate::patch::site_len($op),
             $($operands)*
             clobber_abi("C"),
+        )
+    };
+}
+
+/// The text of a patchable `cpu.iret` site, for a kernel's trap exit written in
+/// `global_asm!`: an indirect `jmp` through the op table, padded, plus its
+/// `.pv_sites` record. The `global_asm!` that uses it must pass the operands
+/// `pv_ops = sym paravirt::table::PV_OPS`, `pv_iret_offset = const
+/// paravirt::cpu::iret::OFFSET`, `pv_iret_len = const paravirt::cpu::iret::LEN`
+/// and `pv_iret_op = const paravirt::cpu::iret::OP`.
+#[macro_export]
+macro_rules! iret_site {
+    () => {
+        concat!(
+            "662:\n",
+            "jmp qword ptr [rip + {pv_ops} + {pv_iret_offset}]\n",
+            ".skip {pv_iret_len} - (. - 662b), 0xcc\n",
+            "663:\n",
+            ".pushsection .pv_sites, \"a\"\n",
+            ".balign 4\n",
+            ".long 662b - .\n",
+            ".short {pv_iret_op}\n",
+            ".byte 663b - 662b\n",
+            ".byte 0\n",
+            ".popsection\n",
         )
     };
 }
@@ -97,8 +130,22 @@ impl SiteRecord {
 pub enum Patch {
     /// The native bytes, inline.
     Inline(&'static [u8]),
+    /// One instruction with a RIP-relative operand, inline: `code` with the 4
+    /// bytes at `disp_at` replaced by `target` minus the end of the site (the
+    /// instruction ends the site; padding goes in front, as for `Inline`). A
+    /// backend's own short form, e.g. lguest's store to its shared page.
+    InlineRel {
+        /// The instruction, its displacement bytes zero.
+        code: &'static [u8],
+        /// Offset of the 32-bit displacement in `code`.
+        disp_at: usize,
+        /// The address the operand names.
+        target: u64,
+    },
     /// A direct call to this address.
     Call(u64),
+    /// A direct jump to this address (a site that never returns: `cpu.iret`).
+    Jump(u64),
 }
 
 /// Why a site could not be encoded.
@@ -110,8 +157,10 @@ pub enum EncodeError {
     TooLong,
     /// More padding than fits as prefixes.
     TooMuchPadding,
-    /// The call target is out of rel32 range.
+    /// The call target (or a RIP-relative operand) is out of rel32 range.
     OutOfRange,
+    /// An inline form's displacement does not lie inside its code.
+    BadTemplate,
 }
 
 /// The bytes to write at a site of `len` bytes at address `site`.
@@ -120,22 +169,35 @@ pub fn encode(site: u64, len: usize, patch: Patch) -> Result<([u8; MAX_SITE_LEN]
         return Err(EncodeError::TooLong);
     }
     let mut out = [0u8; MAX_SITE_LEN];
+    let mut inline = |code: &[u8]| {
+        let pad = len.checked_sub(code.len()).ok_or(EncodeError::TooShort)?;
+        if pad > MAX_PAD_PREFIXES {
+            return Err(EncodeError::TooMuchPadding);
+        }
+        out[..pad].fill(PAD_PREFIX);
+        out[pad..len].copy_from_slice(code);
+        Ok(pad)
+    };
     match patch {
         Patch::Inline(native) => {
-            let pad = len.checked_sub(native.len()).ok_or(EncodeError::TooShort)?;
-            if pad > MAX_PAD_PREFIXES {
-                return Err(EncodeError::TooMuchPadding);
-            }
-            out[..pad].fill(PAD_PREFIX);
-            out[pad..len].copy_from_slice(native);
+            inline(native)?;
         }
-        Patch::Call(target) => {
+        Patch::InlineRel { code, disp_at, target } => {
+            if disp_at + 4 > code.len() {
+                return Err(EncodeError::BadTemplate);
+            }
+            let pad = inline(code)?;
+            let rel = target as i64 - (site as i64 + len as i64);
+            let rel = i32::try_from(rel).map_err(|_| EncodeError::OutOfRange)?;
+            out[pad + disp_at..pad + disp_at + 4].copy_from_slice(&rel.to_le_bytes());
+        }
+        Patch::Call(target) | Patch::Jump(target) => {
             if len < DIRECT_CALL_LEN {
                 return Err(EncodeError::TooShort);
             }
             let rel = target as i64 - (site as i64 + DIRECT_CALL_LEN as i64);
             let rel = i32::try_from(rel).map_err(|_| EncodeError::OutOfRange)?;
-            out[0] = 0xe8;
+            out[0] = if matches!(patch, Patch::Jump(_)) { 0xe9 } else { 0xe8 };
             out[1..5].copy_from_slice(&rel.to_le_bytes());
             out[5..len].copy_from_slice(nop(len - DIRECT_CALL_LEN));
         }
@@ -221,8 +283,8 @@ pub unsafe fn apply(decide: impl Fn(Op) -> Patch) -> PatchStats {
                 // no CPU executes it now (caller's contract).
                 unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, len) };
                 match patch {
-                    Patch::Inline(_) => stats.inline += 1,
-                    Patch::Call(_) => stats.call += 1,
+                    Patch::Inline(_) | Patch::InlineRel { .. } => stats.inline += 1,
+                    Patch::Call(_) | Patch::Jump(_) => stats.call += 1,
                 }
             }
             Err(_) => stats.skipped += 1,
@@ -262,11 +324,38 @@ mod tests {
     }
 
     #[test]
+    fn inline_rel_points_its_operand_at_the_target() {
+        // `mov byte ptr [rip + d32], 0` in a 7-byte site at 0x1000, naming 0x3001:
+        // the instruction ends at 0x1007, so d32 = 0x1ffa.
+        let code = &[0xc6, 0x05, 0, 0, 0, 0, 0x00];
+        let (b, n) = encode(0x1000, 7, Patch::InlineRel { code, disp_at: 2, target: 0x3001 }).unwrap();
+        assert_eq!(&b[..n], &[0xc6, 0x05, 0xfa, 0x1f, 0x00, 0x00, 0x00]);
+        // A 6-byte form in an 8-byte site: two prefixes in front, still ending the site.
+        let code = &[0x8b, 0x05, 0, 0, 0, 0];
+        let (b, n) = encode(0x1000, 8, Patch::InlineRel { code, disp_at: 2, target: 0x1000 }).unwrap();
+        assert_eq!(&b[..n], &[0x3e, 0x3e, 0x8b, 0x05, 0xf8, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            encode(0, 7, Patch::InlineRel { code, disp_at: 4, target: 0 }),
+            Err(EncodeError::BadTemplate)
+        );
+        assert_eq!(
+            encode(0, 6, Patch::InlineRel { code, disp_at: 2, target: 1 << 40 }),
+            Err(EncodeError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn jump_is_rel32_then_one_nop() {
+        let (b, n) = encode(0x1000, 6, Patch::Jump(0x2000)).unwrap();
+        assert_eq!(&b[..n], &[0xe9, 0xfb, 0x0f, 0x00, 0x00, 0x90]);
+    }
+
+    #[test]
     fn encode_rejects_what_does_not_fit() {
         assert_eq!(encode(0, 2, Patch::Inline(&[1, 2, 3])), Err(EncodeError::TooShort));
         assert_eq!(encode(0, 4, Patch::Call(0)), Err(EncodeError::TooShort));
         assert_eq!(encode(0, 16, Patch::Call(0)), Err(EncodeError::TooLong));
-        assert_eq!(encode(0, 7, Patch::Inline(&[0xfa])), Err(EncodeError::TooMuchPadding));
+        assert_eq!(encode(0, 8, Patch::Inline(&[0xfa])), Err(EncodeError::TooMuchPadding));
         assert_eq!(encode(0, 6, Patch::Call(1 << 40)), Err(EncodeError::OutOfRange));
     }
 

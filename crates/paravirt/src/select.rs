@@ -120,6 +120,8 @@ pub struct InitEnv<'a> {
     /// Physical address of a kernel virtual address (for structures the
     /// hypervisor writes into).
     pub virt_to_phys: fn(u64) -> u64,
+    /// How the kernel was entered.
+    pub boot: crate::BootFlow,
 }
 
 /// A backend descriptor, one per vendor ABI.
@@ -138,6 +140,16 @@ pub struct Backend {
     pub memory_map: fn(&mut [crate::MemoryRange]) -> usize,
     /// Starts a secondary CPU through the hypervisor (see [`crate::start_cpu`]).
     pub start_cpu: fn(u32, u64, u64) -> crate::StartCpu,
+    /// The backend's own inline form for an op it provides, if it has one (a
+    /// call otherwise); called after `install`.
+    pub patch: fn(Op) -> Option<crate::patch::Patch>,
+    /// How `# op` lines name an op this backend serves inline.
+    pub inline_name: &'static str,
+}
+
+impl Backend {
+    /// Ops served inline by no backend.
+    pub const NO_INLINE: fn(Op) -> Option<crate::patch::Patch> = |_| None;
 }
 
 /// A short description of the ABI a backend found (`kvm-pv features=0x...`).

@@ -8,8 +8,13 @@
 //! | `out` [`RESET`] | forget any START and pending result; the next `in` returns [`MAGIC`] if statistics are available, else 0 |
 //! | `out` [`START`] | snapshot this vCPU's `insn_emulation` and `exits` |
 //! | `out` [`STOP`] | snapshot again; the deltas become the pending result |
-//! | four `in`s after STOP | insn delta low, high, exits delta low, high |
+//! | six `in`s after STOP | insn delta low, high; exits delta low, high; served-exits delta low, high |
 //! | `in` with nothing pending | `0xffff_ffff` |
+//!
+//! *Served exits* are the exits pvrun itself handled for the vCPU (port and
+//! MMIO accesses, a served ABI's traps), START's own exit not counted: KVM's
+//! `exits` also counts exits the host kernel handles without pvrun. A reader
+//! may stop after the first four words; the next STOP or RESET drops the rest.
 //!
 //! Anything else is ignored. Without pvrun the port reads all-ones.
 

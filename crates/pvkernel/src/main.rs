@@ -29,6 +29,9 @@ pub use paravirt::select::cmdline_value;
 /// Entered from a boot protocol with everything it told us.
 pub fn kernel_main(mut boot: BootInfo) -> ! {
     let owns_hardware = boot.owns_hardware();
+    if boot.kernel_pages_are_user() {
+        mm::paging::map_kernel_as_user();
+    }
     // Under Xen PV the boot CPU is vCPU 0 and CPU numbers are vCPU ids.
     let bsp = if owns_hardware { arch::apic::id() } else { 0 };
     percpu::init_this_cpu(bsp);
@@ -85,7 +88,7 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
         tap::bail_out(format_args!("heap: {}", e));
     }
 
-    let p = platform::detect();
+    let p = platform::detect(boot.flow);
     let abi = selection.abi;
     diag!(
         "platform: {}  backend: {}  abi: {}{}  boot: {} v{}  hv: \"{}\"  mem: {} MiB",
@@ -104,7 +107,7 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
             diag!("pv={}: no such backend; selected by probing", n)
         }
         Some(paravirt::select::OverrideProblem::Unavailable(n)) if !owns_hardware => {
-            diag!("pv={}: a Xen PV kernel can only run on the xen backend", n)
+            diag!("pv={}: a kernel entered in ring 3 runs only on the backend of its entry", n)
         }
         Some(paravirt::select::OverrideProblem::Unavailable(n)) => {
             diag!("pv={}: backend not detected here; selected by probing", n)

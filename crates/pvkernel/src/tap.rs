@@ -3,8 +3,6 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use paravirt::console::Console;
-
 /// Exit status when every test passed.
 pub const EXIT_OK: u32 = 0;
 /// Exit status when a test failed.
@@ -14,11 +12,39 @@ pub const EXIT_BAIL_OUT: u32 = 2;
 
 static BAILING: AtomicBool = AtomicBool::new(false);
 
+/// Collects a line, so the console gets it in few writes (each is a trap to the
+/// host under some backends).
+struct LineBuf {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl LineBuf {
+    fn flush(&mut self) {
+        paravirt::console::write(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for chunk in s.as_bytes().chunks(self.buf.len()) {
+            if self.len + chunk.len() > self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
+            self.len += chunk.len();
+        }
+        Ok(())
+    }
+}
+
 /// Prints a line (no prefix).
 pub fn line(args: fmt::Arguments) {
-    let mut c = Console;
-    let _ = c.write_fmt(args);
-    paravirt::console::write(b"\n");
+    let mut b = LineBuf { buf: [0; 256], len: 0 };
+    let _ = b.write_fmt(args);
+    let _ = b.write_str("\n");
+    b.flush();
 }
 
 /// Prints a `# ` diagnostic line.

@@ -13,12 +13,16 @@ The guest's serial port (COM1) is copied to stdout, line by line.
 
 Exit status:
   (v << 1) | 1  the guest wrote v to port 0xf4 (QEMU isa-debug-exit): always odd
-  0             the guest wrote 0xfe to port 0x64 (keyboard-controller reset);
-                stderr says 'pvrun: guest requested a reset'; also --probe-host
+  0             the guest wrote 0xfe to port 0x64 (keyboard-controller reset), or
+                an lguest guest asked for a restart; stderr says 'pvrun: guest
+                requested a reset'. Or an lguest guest powered off (SHUTDOWN);
+                stderr says 'pvrun: guest powered off: <reason>'. Also --probe-host
   2             bad input: arguments, kernel file, memory size, --cpus,
-                --cpuid-mask, command line
+                --cpuid-mask, command line; --personality lguest with a kernel
+                that has no lguest64 entry or speaks another ABI major version
   4             the guest crashed: triple fault, KVM internal error, failed entry
-                (the message names the vCPU: 'vCPU 1: triple fault ...')
+                (the message names the vCPU: 'vCPU 1: triple fault ...'); or an
+                lguest guest broke the ABI ('guest killed: vCPU 0: lguest: ...')
   6             KVM unavailable: device missing, permission denied, not KVM,
                 wrong API version or a missing capability
   70            pvrun itself failed (e.g. could not allocate guest memory)
@@ -99,8 +103,9 @@ pub struct Cli {
     pub cpus: u32,
 
     /// What the guest sees of the hypervisor: kvm (KVM's CPUID leaves
-    /// 0x40000000/1, minus cleared bits) or none (no hypervisor bit, no
-    /// 0x400000xx leaves)
+    /// 0x40000000/1, minus cleared bits), none (no hypervisor bit, no
+    /// 0x400000xx leaves) or lguest (the kernel runs in ring 3 at its lguest64
+    /// entry, served lguest's hypercalls; one vCPU; docs/abi/lguest.md)
     #[arg(long, value_name = "NAME", value_enum, default_value_t = Personality::Kvm)]
     pub personality: Personality,
 

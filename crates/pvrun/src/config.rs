@@ -70,6 +70,9 @@ impl VmConfig {
         if !(1..=CPUS_MAX).contains(&self.cpus) {
             return Err(ConfigError::CpusOutOfRange { cpus: self.cpus });
         }
+        if self.personality == Personality::Lguest && self.cpus != 1 {
+            return Err(ConfigError::LguestIsUniprocessor { cpus: self.cpus });
+        }
         pvh::check_cmdline(&self.cmdline)?;
         if self.timeout.is_zero() || self.timeout > TIMEOUT_MAX {
             return Err(ConfigError::InvalidTimeout { timeout: self.timeout });
@@ -94,6 +97,12 @@ pub enum ConfigError {
     /// `cpus` is outside 1..=[`CPUS_MAX`].
     #[error("vCPU count {cpus} is out of range: --cpus must be between 1 and {CPUS_MAX}")]
     CpusOutOfRange {
+        /// The rejected count.
+        cpus: u32,
+    },
+    /// lguest (its async ring, its interrupt model) is uniprocessor.
+    #[error("--personality lguest runs one vCPU (lguest is uniprocessor); got --cpus {cpus}")]
+    LguestIsUniprocessor {
         /// The rejected count.
         cpus: u32,
     },

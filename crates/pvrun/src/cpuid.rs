@@ -68,6 +68,11 @@ pub enum Personality {
     /// The guest sees no hypervisor: CPUID.1:ECX bit 31 clear and no leaf in
     /// 0x40000000..=0x400000ff, so a kernel takes its native path.
     None,
+    /// lguest64: the kernel is entered in ring 3 at its lguest64 entry and
+    /// served lguest's hypercalls (see `docs/abi/lguest.md`). CPUID.1:ECX bit 31
+    /// set, no leaf in 0x40000000..=0x400000ff (lguest had no signature; the
+    /// boot flow tells the kernel). One vCPU.
+    Lguest,
 }
 
 impl Personality {
@@ -76,6 +81,7 @@ impl Personality {
         match self {
             Personality::Kvm => "kvm",
             Personality::None => "none",
+            Personality::Lguest => "lguest",
         }
     }
 }
@@ -128,18 +134,18 @@ pub struct CpuidSpec {
 /// `apic_id`:
 ///
 /// * leaf 1: `EBX[31:24]` = APIC ID, `EBX[23:16]` = CPU count, EDX.HTT set iff
-///   more than one CPU, ECX bit 31 (hypervisor) set for personality kvm and
-///   clear for none;
+///   more than one CPU, ECX bit 31 (hypervisor) clear for personality none and
+///   set otherwise;
 /// * leaves 0xB and 0x1F (every subleaf present): EDX = x2APIC ID;
 /// * personality kvm: CPUID 0x40000001 EAX minus `kvm_features_clear`;
-/// * personality none: every leaf in 0x40000000..=0x400000ff dropped.
+/// * personalities none and lguest: every leaf in 0x40000000..=0x400000ff dropped.
 pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec) -> Vec<kvm_cpuid_entry2> {
     let mut out = Vec::with_capacity(supported.len());
     for entry in supported {
         let mut e = *entry;
         let hypervisor_leaf = (HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function);
         match (e.function, spec.personality) {
-            (_, Personality::None) if hypervisor_leaf => continue,
+            (_, Personality::None | Personality::Lguest) if hypervisor_leaf => continue,
             (1, personality) => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(spec.cpus) << 16) | (u32::from(apic_id) << 24);
                 if spec.cpus > 1 {
@@ -147,7 +153,7 @@ pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec)
                 } else {
                     e.edx &= !CPUID_1_EDX_HTT;
                 }
-                if personality == Personality::Kvm {
+                if personality != Personality::None {
                     e.ecx |= CPUID_1_ECX_HYPERVISOR;
                 } else {
                     e.ecx &= !CPUID_1_ECX_HYPERVISOR;
@@ -268,6 +274,13 @@ mod tests {
         // The rest is patched as usual.
         assert_eq!(leaf(&out, 1).ebx >> 16, 0x0102);
         assert!(find(&out, 0x8000_0000).is_some());
+    }
+
+    #[test]
+    fn personality_lguest_drops_the_leaves_but_keeps_the_hypervisor_bit() {
+        let out = vcpu_cpuid(&supported(), 0, &spec(1, Personality::Lguest, 0));
+        assert_ne!(leaf(&out, 1).ecx & CPUID_1_ECX_HYPERVISOR, 0);
+        assert!(out.iter().all(|e| !(HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function)));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -132,9 +134,11 @@ pub trait StatsSource: Send {
 /// the protocol is documented there).
 pub struct BenchMarker {
     source: Option<Box<dyn StatsSource>>,
+    /// Exits pvrun served for this vCPU (the run loop counts them).
+    served: Arc<AtomicU64>,
     /// `Some` between START and STOP: the counters at START (`None` inside
-    /// if they could not be read).
-    start: Option<Option<(u64, u64)>>,
+    /// if they could not be read) and the served exits.
+    start: Option<(Option<(u64, u64)>, u64)>,
     /// What the next 32-bit reads return, oldest first; all-ones when empty.
     pending: VecDeque<u32>,
 }
@@ -151,9 +155,9 @@ impl std::fmt::Debug for BenchMarker {
 
 impl BenchMarker {
     /// A marker reading its counters from `source` (`None`: no statistics,
-    /// RESET then reads 0).
-    pub fn new(source: Option<Box<dyn StatsSource>>) -> Self {
-        BenchMarker { source, start: None, pending: VecDeque::with_capacity(4) }
+    /// RESET then reads 0) and the exits pvrun served from `served`.
+    pub fn new(source: Option<Box<dyn StatsSource>>, served: Arc<AtomicU64>) -> Self {
+        BenchMarker { source, served, start: None, pending: VecDeque::with_capacity(6) }
     }
 
     fn counters(&mut self) -> Option<(u64, u64)> {
@@ -172,20 +176,20 @@ impl BenchMarker {
                 let magic = if self.counters().is_some() { BENCH_MAGIC } else { 0 };
                 self.pending.push_back(magic);
             }
-            BENCH_START => self.start = Some(self.counters()),
+            // The run loop counts this START's own exit after it is handled:
+            // start one further on, so the region's count leaves it out.
+            BENCH_START => self.start = Some((self.counters(), self.served.load(Ordering::Relaxed) + 1)),
             BENCH_STOP => {
-                let Some(start) = self.start.take() else {
+                let Some((start, served0)) = self.start.take() else {
                     return false;
                 };
                 self.pending.clear();
                 if let (Some((insn0, exits0)), Some((insn1, exits1))) = (start, self.counters()) {
                     let (insn, exits) = (insn1.wrapping_sub(insn0), exits1.wrapping_sub(exits0));
-                    self.pending.extend([
-                        insn as u32,
-                        (insn >> 32) as u32,
-                        exits as u32,
-                        (exits >> 32) as u32,
-                    ]);
+                    let served = self.served.load(Ordering::Relaxed).wrapping_sub(served0);
+                    for v in [insn, exits, served] {
+                        self.pending.extend([v as u32, (v >> 32) as u32]);
+                    }
                 }
             }
             _ => return false,
@@ -211,6 +215,8 @@ pub struct Devices {
     serial: Serial<NoInterrupt, NoEvents, SerialOut>,
     /// One bench marker per vCPU, by vCPU index (created on first use).
     bench: Vec<BenchMarker>,
+    /// Per vCPU: the exits pvrun served (the run loop counts, the marker reads).
+    served: Vec<Arc<AtomicU64>>,
     stats: DeviceStats,
 }
 
@@ -226,22 +232,46 @@ impl Devices {
         Devices {
             serial: Serial::new(NoInterrupt, SerialOut::new(serial_out)),
             bench: Vec::new(),
+            served: Vec::new(),
             stats: DeviceStats::default(),
         }
+    }
+
+    /// The counter of exits pvrun serves for vCPU `vcpu` (the run loop adds to
+    /// it; the bench marker reports it).
+    pub fn vmm_exits(&mut self, vcpu: u8) -> Arc<AtomicU64> {
+        let i = usize::from(vcpu);
+        if self.served.len() <= i {
+            self.served.resize_with(i + 1, Arc::default);
+        }
+        self.served[i].clone()
     }
 
     /// Gives vCPU `vcpu`'s bench marker its counters (`None`: statistics
     /// unavailable). Without this call the marker behaves as with `None`.
     pub fn set_stats_source(&mut self, vcpu: u8, source: Option<Box<dyn StatsSource>>) {
-        *self.bench_marker(vcpu) = BenchMarker::new(source);
+        let served = self.vmm_exits(vcpu);
+        *self.bench_marker(vcpu) = BenchMarker::new(source, served);
     }
 
     fn bench_marker(&mut self, vcpu: u8) -> &mut BenchMarker {
         let i = usize::from(vcpu);
-        if self.bench.len() <= i {
-            self.bench.resize_with(i + 1, || BenchMarker::new(None));
+        while self.bench.len() <= i {
+            let served = self.vmm_exits(self.bench.len() as u8);
+            self.bench.push(BenchMarker::new(None, served));
         }
         &mut self.bench[i]
+    }
+
+    /// Console bytes vCPU `vcpu` wrote through a served ABI (lguest's
+    /// `CONSOLE_WRITE`): the same output, line by line, as COM1's.
+    pub fn console_write(&mut self, vcpu: u8, bytes: &[u8]) {
+        let out = self.serial.writer_mut();
+        out.select(vcpu);
+        self.stats.serial_bytes += bytes.len() as u64;
+        if out.write_all(bytes).is_err() {
+            self.stats.serial_lost_bytes += bytes.len() as u64;
+        }
     }
 
     fn count_bench(&mut self, ok: bool) {
@@ -494,9 +524,12 @@ pub(crate) mod tests {
         assert_eq!(read(&mut d), BENCH_MAGIC);
         out(&mut d, BENCH_START);
         assert_eq!(read(&mut d), u32::MAX, "nothing pending between START and STOP");
+        d.vmm_exits(0).fetch_add(4, Ordering::Relaxed);
         out(&mut d, BENCH_STOP);
-        // insn delta 0x1_ffff_ffff, exits delta 0x2_0000_0021.
-        assert_eq!([read(&mut d), read(&mut d), read(&mut d), read(&mut d)], [0xffff_ffff, 1, 0x21, 2]);
+        // insn delta 0x1_ffff_ffff, exits delta 0x2_0000_0021, served exits 4
+        // less this START's own.
+        let words: Vec<u32> = (0..6).map(|_| read(&mut d)).collect();
+        assert_eq!(words, [0xffff_ffff, 1, 0x21, 2, 3, 0]);
         assert_eq!(read(&mut d), u32::MAX);
         assert_eq!(read(&mut d), u32::MAX);
 

@@ -191,6 +191,16 @@ pub enum GuestError {
         /// RIP, if it could be read.
         rip: Option<u64>,
     },
+    /// A served ABI ended the guest for breaking its rules (lguest's "sudden
+    /// death": an unknown hypercall, a call before INIT, a mapping into the
+    /// switcher's range, a malformed ring slot, ...).
+    #[error("guest killed: vCPU {vcpu}: lguest: {reason}")]
+    Killed {
+        /// The vCPU.
+        vcpu: u8,
+        /// Why, in one line.
+        reason: String,
+    },
     /// KVM_RUN itself failed.
     #[error("guest stopped: vCPU {vcpu}: KVM_RUN failed: {}, at RIP {}", io_message(source), rip_text(rip))]
     RunFailed {

@@ -26,6 +26,7 @@ pub mod devices;
 pub mod error;
 pub mod exit;
 pub mod layout;
+pub mod lguest;
 pub mod loader;
 pub mod probe;
 pub mod pvh;
@@ -51,7 +52,8 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
 use cpuid::CpuidSpec;
 use devices::{Devices, StatsSource};
-use loader::KernelImage;
+use loader::{EntryKind, KernelImage};
+use runner::ServedAbi;
 use stats::KvmStats;
 use vm::Vm;
 
@@ -116,7 +118,9 @@ fn boot(
 ) -> Result<GuestExit, Error> {
     config.validate()?;
     let mem_bytes = config.mem_bytes();
-    let kernel = KernelImage::read(&config.kernel, mem_bytes)?;
+    let lguest = config.personality == Personality::Lguest;
+    let entry_kind = if lguest { EntryKind::Lguest } else { EntryKind::Pvh };
+    let kernel = KernelImage::read(&config.kernel, mem_bytes, entry_kind)?;
     let kvm = vm::open_kvm(&config.kvm_path)?;
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -132,21 +136,31 @@ fn boot(
     };
     *features = Some(plan);
 
-    let vm = Vm::new(kvm, mem_bytes)?;
+    // lguest delivers interrupts itself: no in-kernel irqchip or PIT.
+    let vm = if lguest { Vm::new_bare(kvm, mem_bytes)? } else { Vm::new(kvm, mem_bytes)? };
     let entry = kernel.load(vm.memory())?;
-    let start_info =
-        pvh::write_boot_info(vm.memory(), mem_bytes, &config.cmdline).map_err(SetupError::from)?;
     // Every vCPU exists before any is configured: on this repository's host,
     // an AP created after the BSP's state was set never receives the BSP's
     // INIT/SIPI.
-    let vcpus = (0..spec.cpus).map(|index| vm.create_vcpu(index)).collect::<Result<Vec<_>, _>>()?;
-    for vcpu in &vcpus {
-        let index = vcpu.index();
-        let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), index, &spec);
-        if index == 0 {
-            vcpu.configure_pvh(&cpuid, vm.memory(), entry, start_info)?;
-        } else {
-            vcpu.configure_ap(&cpuid)?;
+    let mut vcpus = (0..spec.cpus).map(|index| vm.create_vcpu(index)).collect::<Result<Vec<_>, _>>()?;
+    let mut abis: Vec<Option<Box<dyn ServedAbi>>> = Vec::with_capacity(vcpus.len());
+    if lguest {
+        let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), 0, &spec);
+        let abi =
+            lguest::setup(vm.memory(), mem_bytes, vm.kvm(), &mut vcpus[0], &cpuid, entry.0, &config.cmdline)?;
+        abis.push(Some(Box::new(abi)));
+    } else {
+        let start_info =
+            pvh::write_boot_info(vm.memory(), mem_bytes, &config.cmdline).map_err(SetupError::from)?;
+        for vcpu in &vcpus {
+            let index = vcpu.index();
+            let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), index, &spec);
+            if index == 0 {
+                vcpu.configure_pvh(&cpuid, vm.memory(), entry, start_info)?;
+            } else {
+                vcpu.configure_ap(&cpuid)?;
+            }
+            abis.push(None);
         }
     }
 
@@ -174,5 +188,5 @@ fn boot(
     });
 
     let devices = Arc::new(Mutex::new(devices));
-    runner::run_vcpus(Arc::new(vm), vcpus, devices, config.timeout)
+    runner::run_vcpus(Arc::new(vm), vcpus.into_iter().zip(abis).collect(), devices, config.timeout)
 }

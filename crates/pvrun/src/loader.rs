@@ -9,7 +9,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::elf::Elf;
 use linux_loader::loader::KernelLoader;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -81,6 +81,32 @@ pub enum LoadError {
         /// Guest RAM size in bytes.
         mem_bytes: u64,
     },
+    /// The ELF has no lguest64 entry note (for `--personality lguest`).
+    #[error(
+        "kernel {} has no lguest64 entry point (no ELF note \"Lguest\" of type {}); \
+         --personality lguest boots only lguest64 kernels (docs/abi/lguest.md)",
+        path.display(),
+        pvabi::lguest::ELFNOTE_ENTRY
+    )]
+    NoLguestEntry {
+        /// The kernel path.
+        path: PathBuf,
+    },
+    /// The kernel speaks another lguest64 ABI major version.
+    #[error(
+        "kernel {} speaks lguest64 ABI {major}.{minor}; pvrun serves {}.{}",
+        path.display(),
+        pvabi::lguest::ABI_MAJOR,
+        pvabi::lguest::ABI_MINOR
+    )]
+    LguestAbi {
+        /// The kernel path.
+        path: PathBuf,
+        /// The major version its note names.
+        major: u32,
+        /// The minor version its note names.
+        minor: u32,
+    },
     /// The PVH entry point is not inside guest RAM.
     #[error(
         "kernel {} has its PVH entry point at {entry:#x}, outside guest RAM ({mem_mib} MiB)",
@@ -132,25 +158,34 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Which entry point the kernel is booted at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// The PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`), 32-bit protected mode.
+    Pvh,
+    /// The lguest64 entry (`"Lguest"` note), 64-bit ring 3.
+    Lguest,
+}
+
 /// A kernel image that has been read and checked against the guest's RAM.
 #[derive(Debug)]
 pub struct KernelImage {
     path: PathBuf,
     bytes: Vec<u8>,
-    pvh_entry: u64,
+    entry: u64,
 }
 
 impl KernelImage {
     /// Reads the kernel at `path` and checks it for a guest with `mem_bytes`
-    /// of RAM.
-    pub fn read(path: &Path, mem_bytes: u64) -> Result<Self, LoadError> {
+    /// of RAM, to be entered at its `kind` entry.
+    pub fn read(path: &Path, mem_bytes: u64, kind: EntryKind) -> Result<Self, LoadError> {
         let bytes =
             std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-        Self::parse(path, bytes, mem_bytes)
+        Self::parse(path, bytes, mem_bytes, kind)
     }
 
     /// Checks an in-memory kernel image (`path` is only used in messages).
-    pub fn parse(path: &Path, bytes: Vec<u8>, mem_bytes: u64) -> Result<Self, LoadError> {
+    pub fn parse(path: &Path, bytes: Vec<u8>, mem_bytes: u64, kind: EntryKind) -> Result<Self, LoadError> {
         let unsupported = |reason: String| LoadError::Unsupported { path: path.to_owned(), reason };
         if bytes.len() < 4 || bytes[..4] != ELF_MAGIC {
             return Err(LoadError::NotElf { path: path.to_owned() });
@@ -194,7 +229,16 @@ impl KernelImage {
         let phoff = table_end - phnum * PHDR_SIZE;
 
         let mut pvh_entry = None;
+        let mut lguest = LguestNotes::default();
         let mut loadable = 0;
+        // Segments must stay clear of what the personality reserves.
+        let reserved = match kind {
+            EntryKind::Pvh => 0..0,
+            EntryKind::Lguest => {
+                let r = crate::lguest::boot::Layout::new(mem_bytes).reserved;
+                r..r + crate::lguest::boot::RESERVED_BYTES
+            }
+        };
         for i in 0..phnum {
             let ph = &bytes[phoff + i * PHDR_SIZE..phoff + (i + 1) * PHDR_SIZE];
             let p_type = u32_at(ph, 0);
@@ -218,7 +262,9 @@ impl KernelImage {
                     loadable += 1;
                     let size = p_memsz.max(p_filesz);
                     let end = p_paddr.saturating_add(size);
-                    if !in_loadable_ram(mem_bytes, p_paddr, end) {
+                    if !in_loadable_ram(mem_bytes, p_paddr, end)
+                        || (p_paddr < reserved.end && end > reserved.start)
+                    {
                         return Err(LoadError::SegmentOutsideRam {
                             path: path.to_owned(),
                             start: p_paddr,
@@ -228,8 +274,12 @@ impl KernelImage {
                         });
                     }
                 }
-                PT_NOTE if pvh_entry.is_none() => {
-                    pvh_entry = find_pvh_note(&bytes[file_range]);
+                PT_NOTE => {
+                    let notes = &bytes[file_range];
+                    if pvh_entry.is_none() {
+                        pvh_entry = find_pvh_note(notes);
+                    }
+                    lguest.scan(notes);
                 }
                 _ => {}
             }
@@ -237,61 +287,99 @@ impl KernelImage {
         if loadable == 0 {
             return Err(unsupported("no loadable (PT_LOAD) segment".to_owned()));
         }
-        let pvh_entry = pvh_entry.ok_or_else(|| LoadError::NoPvhEntry { path: path.to_owned() })?;
-        if !in_loadable_ram(mem_bytes, pvh_entry, pvh_entry + 1) {
+        let entry = match kind {
+            EntryKind::Pvh => pvh_entry.ok_or_else(|| LoadError::NoPvhEntry { path: path.to_owned() })?,
+            EntryKind::Lguest => {
+                let entry = lguest.entry.ok_or_else(|| LoadError::NoLguestEntry { path: path.to_owned() })?;
+                match lguest.abi {
+                    Some((major, minor)) if major != pvabi::lguest::ABI_MAJOR => {
+                        return Err(LoadError::LguestAbi { path: path.to_owned(), major, minor })
+                    }
+                    _ => entry,
+                }
+            }
+        };
+        if !in_loadable_ram(mem_bytes, entry, entry.saturating_add(1)) || reserved.contains(&entry) {
             return Err(LoadError::EntryOutsideRam {
                 path: path.to_owned(),
-                entry: pvh_entry,
+                entry,
                 mem_mib: mem_bytes / layout::MIB,
             });
         }
-        Ok(Self { path: path.to_owned(), bytes, pvh_entry })
+        Ok(Self { path: path.to_owned(), bytes, entry })
     }
 
-    /// The PVH entry point found in the ELF notes.
-    pub fn pvh_entry(&self) -> u64 {
-        self.pvh_entry
+    /// The entry point found in the ELF notes (for the kind asked for).
+    pub fn entry(&self) -> u64 {
+        self.entry
     }
 
     /// Copies the loadable segments into guest memory at their physical
-    /// addresses and returns the PVH entry point.
+    /// addresses and returns the entry point checked by [`Self::parse`].
     pub fn load(&self, mem: &GuestMemoryMmap) -> Result<GuestAddress, LoadError> {
-        let result = Elf::load(mem, None, &mut Cursor::new(&self.bytes[..]), None)
+        Elf::load(mem, None, &mut Cursor::new(&self.bytes[..]), None)
             .map_err(|source| LoadError::Loader { path: self.path.clone(), source })?;
-        // linux-loader keeps the answer of the *last* PT_NOTE segment, so an
-        // image whose PVH note is in an earlier one reads as "not present";
-        // our own scan above has the note either way.
-        Ok(match result.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(addr) => addr,
-            _ => GuestAddress(self.pvh_entry),
-        })
+        Ok(GuestAddress(self.entry))
     }
 }
 
-/// Looks for the `XEN_ELFNOTE_PHYS32_ENTRY` note (name "Xen") in the bytes of
-/// a PT_NOTE segment and returns the 32-bit entry it carries.
-fn find_pvh_note(notes: &[u8]) -> Option<u64> {
+/// What the `"Lguest"` notes say: the entry (type 1) and the ABI version
+/// (type 2), the first of each.
+#[derive(Debug, Default)]
+struct LguestNotes {
+    entry: Option<u64>,
+    abi: Option<(u32, u32)>,
+}
+
+impl LguestNotes {
+    fn scan(&mut self, notes: &[u8]) {
+        for (name, n_type, desc) in notes_in(notes) {
+            if name != pvabi::lguest::ELFNOTE_NAME {
+                continue;
+            }
+            match n_type {
+                pvabi::lguest::ELFNOTE_ENTRY if desc.len() >= 8 && self.entry.is_none() => {
+                    self.entry = Some(u64_at(desc, 0));
+                }
+                pvabi::lguest::ELFNOTE_ABI if desc.len() >= 8 && self.abi.is_none() => {
+                    self.abi = Some((u32_at(desc, 0), u32_at(desc, 4)));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The notes of a PT_NOTE segment as (name with its NUL, type, descriptor);
+/// stops at the first malformed one.
+fn notes_in(notes: &[u8]) -> impl Iterator<Item = (&[u8], u32, &[u8])> {
     let align4 = |n: usize| n.checked_add(3).map(|n| n & !3);
     let mut off = 0usize;
-    while off.checked_add(12)? <= notes.len() {
+    std::iter::from_fn(move || {
+        if off.checked_add(12)? > notes.len() {
+            return None;
+        }
         let namesz = u32_at(notes, off) as usize;
         let descsz = u32_at(notes, off + 4) as usize;
         let n_type = u32_at(notes, off + 8);
         let name_off = off + 12;
         let desc_off = name_off.checked_add(align4(namesz)?)?;
         let next = desc_off.checked_add(align4(descsz)?)?;
-        if desc_off.checked_add(descsz)? > notes.len() {
+        if desc_off.checked_add(descsz)? > notes.len() || name_off + namesz > notes.len() {
             return None;
         }
-        if n_type == XEN_ELFNOTE_PHYS32_ENTRY
-            && &notes[name_off..name_off + namesz] == b"Xen\0"
-            && descsz >= 4
-        {
-            return Some(u64::from(u32_at(notes, desc_off)));
-        }
         off = next;
-    }
-    None
+        Some((&notes[name_off..name_off + namesz], n_type, &notes[desc_off..desc_off + descsz]))
+    })
+}
+
+/// Looks for the `XEN_ELFNOTE_PHYS32_ENTRY` note (name "Xen") in the bytes of
+/// a PT_NOTE segment and returns the 32-bit entry it carries.
+fn find_pvh_note(notes: &[u8]) -> Option<u64> {
+    notes_in(notes).find_map(|(name, n_type, desc)| {
+        (n_type == XEN_ELFNOTE_PHYS32_ENTRY && name == b"Xen\0" && desc.len() >= 4)
+            .then(|| u64::from(u32_at(desc, 0)))
+    })
 }
 
 #[cfg(test)]
@@ -326,11 +414,11 @@ mod tests {
     fn rejects_what_is_not_an_elf() {
         let p = Path::new("k");
         assert!(matches!(
-            KernelImage::parse(p, b"hello world".to_vec(), 128 << 20),
+            KernelImage::parse(p, b"hello world".to_vec(), 128 << 20, EntryKind::Pvh),
             Err(LoadError::NotElf { .. })
         ));
         assert!(matches!(
-            KernelImage::parse(p, b"\x7fELF".to_vec(), 128 << 20),
+            KernelImage::parse(p, b"\x7fELF".to_vec(), 128 << 20, EntryKind::Pvh),
             Err(LoadError::Unsupported { .. })
         ));
     }

@@ -43,8 +43,10 @@ fn real_main() -> i32 {
     }
     match report.result {
         Ok(exit) => {
-            if exit.kind == ExitKind::Reset {
-                eprintln!("pvrun: guest requested a reset");
+            match (exit.kind, &exit.reason) {
+                (ExitKind::Reset, _) => eprintln!("pvrun: guest requested a reset"),
+                (ExitKind::PowerOff, Some(reason)) => eprintln!("pvrun: guest powered off: {reason}"),
+                _ => {}
             }
             exit.status
         }

@@ -239,7 +239,7 @@ fn run_probe(
     vcpu.enter_protected_mode(vm.memory(), GuestAddress(PROBE_CODE_ADDR), 0)?;
     let devices = Arc::new(Mutex::new(Devices::new(Box::new(std::io::sink()))));
     *started = Some(Instant::now());
-    runner::run_vcpus(Arc::new(vm), vec![vcpu], devices, PROBE_TIMEOUT)
+    runner::run_vcpus(Arc::new(vm), vec![(vcpu, None)], devices, PROBE_TIMEOUT)
 }
 
 /// [`probe_hypercalls`] with this host's instruction, once per process and
@@ -361,7 +361,7 @@ impl FeaturePlan {
     /// without `--no-hypercall-probe`.
     pub fn for_config(config: &VmConfig, supported: &[kvm_cpuid_entry2]) -> Self {
         let hypercalls = match (config.personality, config.hypercall_probe) {
-            (Personality::None, _) => HypercallProbe::NotNeeded,
+            (Personality::None | Personality::Lguest, _) => HypercallProbe::NotNeeded,
             (Personality::Kvm, false) => HypercallProbe::Skipped,
             (Personality::Kvm, true) => probe_hypercalls_cached(&config.kvm_path),
         };
@@ -378,7 +378,7 @@ impl FeaturePlan {
     pub fn advertised(&self) -> Option<u32> {
         match self.personality {
             Personality::Kvm => self.offered.map(|w| w & !self.clear_mask()),
-            Personality::None => None,
+            Personality::None | Personality::Lguest => None,
         }
     }
 }
@@ -484,6 +484,11 @@ impl HostProbe {
             None if self.plan.personality == Personality::None => out.push(
                 "advertised features (0x40000001 EAX): none (personality none hides the \
                  hypervisor leaves and CPUID.1:ECX bit 31)"
+                    .to_owned(),
+            ),
+            None if self.plan.personality == Personality::Lguest => out.push(
+                "advertised features (0x40000001 EAX): none (personality lguest serves its own \
+                 hypercalls and hides KVM's leaves)"
                     .to_owned(),
             ),
             None => out.push("advertised features (0x40000001 EAX): none".to_owned()),

@@ -17,13 +17,14 @@
 
 use std::cell::Cell;
 use std::os::raw::{c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
+use kvm_ioctls::VcpuExit;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::{DeviceStats, Devices};
@@ -66,12 +67,17 @@ extern "C" fn kick_handler(_num: c_int, _info: *mut libc::siginfo_t, _ctx: *mut 
     });
 }
 
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> c_int {
+    SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET
+}
+
 /// Installs [`kick_handler`] once per process.
 fn install_kick_handler() -> Result<c_int, SetupError> {
     static INSTALLED: OnceLock<Result<c_int, i32>> = OnceLock::new();
     INSTALLED
         .get_or_init(|| {
-            let signum = SIGRTMIN() + VCPU_KICK_SIGNAL_OFFSET;
+            let signum = kick_signal();
             register_signal_handler(signum, kick_handler).map(|()| signum).map_err(|e| e.errno())
         })
         .map_err(|errno| SetupError::SignalHandler(std::io::Error::from_raw_os_error(errno)))
@@ -83,13 +89,51 @@ fn lock(devices: &Mutex<Devices>) -> MutexGuard<'_, Devices> {
     devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What a served ABI (a personality beyond KVM's own, such as lguest) adds to
+/// the run loop of one vCPU. Its methods run on the vCPU's thread.
+pub trait ServedAbi: Send + std::fmt::Debug {
+    /// Whether writes to `port` are this ABI's traps (they come to [`Self::port_out`]).
+    fn owns_port(&self, port: u16) -> bool;
+    /// A write to one of its ports, with the vCPU stopped at it.
+    fn port_out(&mut self, vcpu: &mut Vcpu, port: u16, ctx: &RunCtx) -> Result<Flow, GuestError>;
+    /// Before each entry into the guest: after any exit, and after a kick.
+    fn before_run(&mut self, vcpu: &mut Vcpu, ctx: &RunCtx) -> Result<Flow, GuestError>;
+}
+
+/// What a served ABI may use of the run loop.
+pub struct RunCtx<'a> {
+    /// The devices (the console).
+    pub devices: &'a Mutex<Devices>,
+    /// Set when the run is being stopped: a wait must end.
+    pub stop: &'a AtomicBool,
+}
+
+impl RunCtx<'_> {
+    /// Passes console bytes of vCPU `vcpu` to the serial output.
+    pub fn console(&self, vcpu: u8, bytes: &[u8]) {
+        lock(self.devices).console_write(vcpu, bytes);
+    }
+}
+
+/// What a served ABI tells the run loop.
+#[derive(Debug)]
+pub enum Flow {
+    /// Enter the guest.
+    Run,
+    /// The vCPU is done.
+    Stop(VcpuStop),
+}
+
 /// Why a vCPU stopped.
 #[derive(Debug)]
 pub enum VcpuStop {
     /// The guest wrote this value to the debug-exit port.
     DebugExit(u32),
-    /// The guest asked for a reset (keyboard controller, port 0x64).
+    /// The guest asked for a reset (keyboard controller, port 0x64, or a
+    /// served ABI's restart).
     Reset,
+    /// The guest powered off through a served ABI, with its reason.
+    PowerOff(String),
     /// The guest crashed.
     Crashed(GuestError),
     /// The watchdog stopped it; RIP if it could be read.
@@ -114,13 +158,43 @@ pub struct VcpuRunner {
     vcpu: Vcpu,
     devices: Arc<Mutex<Devices>>,
     stop: Arc<AtomicBool>,
+    abi: Option<Box<dyn ServedAbi>>,
+    /// Exits served here (KVM_RUN returns other than a kick), for the bench marker.
+    exits: Arc<AtomicU64>,
+}
+
+/// What one `KVM_RUN` came back with, once the exit's borrow of the vCPU ends.
+enum Exit {
+    /// Handled by the devices.
+    Device(ExitAction),
+    /// A write to a port of the served ABI.
+    Abi(u16),
 }
 
 impl VcpuRunner {
-    /// A runner for `vcpu`, serving exits on `devices`, stopping when `stop`
-    /// is set.
-    pub fn new(vcpu: Vcpu, devices: Arc<Mutex<Devices>>, stop: Arc<AtomicBool>) -> Self {
-        VcpuRunner { vcpu, devices, stop }
+    /// A runner for `vcpu`, serving exits on `devices` (and `abi`'s ports on
+    /// `abi`), stopping when `stop` is set.
+    pub fn new(
+        vcpu: Vcpu,
+        devices: Arc<Mutex<Devices>>,
+        stop: Arc<AtomicBool>,
+        abi: Option<Box<dyn ServedAbi>>,
+    ) -> Self {
+        let exits = lock(&devices).vmm_exits(vcpu.index());
+        VcpuRunner { vcpu, devices, stop, abi, exits }
+    }
+
+    fn flow(
+        &mut self,
+        f: impl FnOnce(&mut dyn ServedAbi, &mut Vcpu, &RunCtx) -> Result<Flow, GuestError>,
+    ) -> Option<RunState> {
+        let abi = self.abi.as_deref_mut()?;
+        let ctx = RunCtx { devices: &self.devices, stop: &self.stop };
+        match f(abi, &mut self.vcpu, &ctx) {
+            Ok(Flow::Run) => None,
+            Ok(Flow::Stop(stop)) => Some(RunState::Stopped(stop)),
+            Err(e) => Some(RunState::Stopped(VcpuStop::Crashed(e))),
+        }
     }
 
     /// One transition: enter the guest once and decide what comes next.
@@ -128,9 +202,28 @@ impl VcpuRunner {
         if self.stop.load(Ordering::Acquire) {
             return RunState::Stopped(VcpuStop::Kicked { rip: self.vcpu.rip() });
         }
+        if let Some(state) = self.flow(|abi, vcpu, ctx| abi.before_run(vcpu, ctx)) {
+            return state;
+        }
         let index = self.vcpu.index();
-        let action = match self.vcpu.run() {
-            Ok(exit) => handle_exit(exit, index, &mut lock(&self.devices)),
+        let exit = match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(port, _)) if self.abi.as_ref().is_some_and(|a| a.owns_port(port)) => {
+                Ok(Exit::Abi(port))
+            }
+            Ok(exit) => Ok(Exit::Device(handle_exit(exit, index, &mut lock(&self.devices)))),
+            Err(e) => Err(e),
+        };
+        let action = match exit {
+            Ok(Exit::Abi(port)) => {
+                self.exits.fetch_add(1, Ordering::Relaxed);
+                return self
+                    .flow(|abi, vcpu, ctx| abi.port_out(vcpu, port, ctx))
+                    .unwrap_or(RunState::Running);
+            }
+            Ok(Exit::Device(action)) => {
+                self.exits.fetch_add(1, Ordering::Relaxed);
+                action
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // Kicked (or a stray signal): clear the flag the handler may
                 // have set, then let the stop check above decide.
@@ -191,21 +284,27 @@ impl VcpuRunner {
 pub enum ExitKind {
     /// It wrote to the debug-exit port (0xf4).
     DebugExit,
-    /// It asked for a reset (0xfe to the keyboard controller, port 0x64).
+    /// It asked for a reset (0xfe to the keyboard controller, port 0x64, or a
+    /// served ABI's restart).
     Reset,
+    /// It powered off through a served ABI (lguest's `SHUTDOWN`).
+    PowerOff,
 }
 
-/// How a guest ended on its own terms: it wrote to the debug-exit port or
-/// asked for a reset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a guest ended on its own terms: it wrote to the debug-exit port, asked
+/// for a reset, or powered off.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestExit {
-    /// Debug exit or reset.
+    /// Debug exit, reset or power-off.
     pub kind: ExitKind,
-    /// The value written to port 0xf4 (0 for a reset).
+    /// The value written to port 0xf4 (0 otherwise).
     pub value: u32,
     /// The process status to exit with: `(value << 1) | 1`, as QEMU's
-    /// isa-debug-exit (the OS keeps only its low 8 bits); 0 for a reset.
+    /// isa-debug-exit (the OS keeps only its low 8 bits); 0 for a reset or a
+    /// power-off.
     pub status: i32,
+    /// The reason a served ABI's power-off gave.
+    pub reason: Option<String>,
     /// Device traffic counters.
     pub stats: DeviceStats,
 }
@@ -213,12 +312,23 @@ pub struct GuestExit {
 impl GuestExit {
     /// The result of a guest that wrote `value` to the debug-exit port.
     pub fn from_value(value: u32, stats: DeviceStats) -> Self {
-        GuestExit { kind: ExitKind::DebugExit, value, status: (value.wrapping_shl(1) | 1) as i32, stats }
+        GuestExit {
+            kind: ExitKind::DebugExit,
+            value,
+            status: (value.wrapping_shl(1) | 1) as i32,
+            reason: None,
+            stats,
+        }
     }
 
     /// The result of a guest that asked for a reset: status 0.
     pub fn reset(stats: DeviceStats) -> Self {
-        GuestExit { kind: ExitKind::Reset, value: 0, status: 0, stats }
+        GuestExit { kind: ExitKind::Reset, value: 0, status: 0, reason: None, stats }
+    }
+
+    /// The result of a guest that powered off with `reason`: status 0.
+    pub fn power_off(reason: String, stats: DeviceStats) -> Self {
+        GuestExit { kind: ExitKind::PowerOff, value: 0, status: 0, reason: Some(reason), stats }
     }
 }
 
@@ -233,7 +343,7 @@ impl GuestExit {
 /// to exit the process soon after.
 pub fn run_vcpus(
     vm: Arc<Vm>,
-    vcpus: Vec<Vcpu>,
+    vcpus: Vec<(Vcpu, Option<Box<dyn ServedAbi>>)>,
     devices: Arc<Mutex<Devices>>,
     timeout: Duration,
 ) -> Result<GuestExit, Error> {
@@ -242,11 +352,11 @@ pub fn run_vcpus(
     let (tx, rx) = mpsc::channel::<(usize, u8, VcpuStop)>();
     let mut threads: Vec<Option<JoinHandle<()>>> = Vec::with_capacity(vcpus.len());
 
-    for (slot, vcpu) in vcpus.into_iter().enumerate() {
+    for (slot, (vcpu, abi)) in vcpus.into_iter().enumerate() {
         let (vm, devices, vcpu_stop, tx) = (vm.clone(), devices.clone(), stop.clone(), tx.clone());
         let index = vcpu.index();
         let spawned = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
-            let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop).run();
+            let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop, abi).run();
             let _ = tx.send((slot, index, outcome));
             // The vCPU is gone now; only then may the memory go.
             drop(vm);
@@ -299,6 +409,7 @@ pub fn run_vcpus(
         match outcome {
             VcpuStop::DebugExit(value) => return Ok(GuestExit::from_value(value, stats)),
             VcpuStop::Reset => return Ok(GuestExit::reset(stats)),
+            VcpuStop::PowerOff(reason) => return Ok(GuestExit::power_off(reason, stats)),
             VcpuStop::Crashed(e) => return Err(e.into()),
             VcpuStop::Kicked { rip: Some(rip) } if kicked.is_none_or(|(i, _)| index < i) => {
                 kicked = Some((index, rip))

@@ -4,10 +4,10 @@
 use std::fmt;
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_fpu, kvm_mp_state, kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId,
-    KVM_EXIT_INTERNAL_ERROR, KVM_MP_STATE_UNINITIALIZED,
+    kvm_cpuid_entry2, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId,
+    Msrs, KVM_EXIT_INTERNAL_ERROR, KVM_MP_STATE_UNINITIALIZED,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout;
@@ -196,12 +196,14 @@ pub struct InternalErrorInfo {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
+    /// Registers travel through `kvm_run` (see [`Vcpu::enable_sync_regs`]).
+    sync: bool,
 }
 
 impl Vcpu {
     /// Wraps a vCPU fd created by [`crate::vm::Vm::create_vcpu`].
     pub(crate) fn new(index: u8, fd: VcpuFd) -> Self {
-        Vcpu { index, fd }
+        Vcpu { index, fd, sync: false }
     }
 
     /// The vCPU's index (and APIC id).
@@ -254,8 +256,7 @@ impl Vcpu {
         entry: GuestAddress,
         rbx: u64,
     ) -> Result<(), SetupError> {
-        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
-        self.fd.set_fpu(&fpu).map_err(SetupError::ioctl("set the FPU state"))?;
+        self.reset_fpu()?;
 
         for (i, entry) in BOOT_GDT.iter().enumerate() {
             let addr = layout::BOOT_GDT_START + (i * std::mem::size_of::<u64>()) as u64;
@@ -263,13 +264,10 @@ impl Vcpu {
         }
         mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT_START)).map_err(SetupError::Gdt)?;
 
-        let mut sregs = self.fd.get_sregs().map_err(SetupError::ioctl("read the special registers"))?;
-        set_pvh_sregs(&mut sregs);
-        self.fd.set_sregs(&sregs).map_err(SetupError::ioctl("set the special registers"))?;
-        self.fd
-            .set_regs(&pvh_regs(entry, GuestAddress(rbx)))
-            .map_err(SetupError::ioctl("set the registers"))?;
-        Ok(())
+        self.set_state(|sregs| {
+            set_pvh_sregs(sregs);
+            pvh_regs(entry, GuestAddress(rbx))
+        })
     }
 
     /// `KVM_SET_CPUID2` with `entries` (see [`crate::cpuid::vcpu_cpuid`]).
@@ -316,6 +314,78 @@ impl Vcpu {
     /// signal handler; valid as long as this `Vcpu` lives.
     pub fn kvm_run_ptr(&mut self) -> *mut kvm_run {
         self.fd.get_kvm_run()
+    }
+
+    /// Lets [`Self::sync_regs`] and [`Self::set_sync_regs`] use the copy of the
+    /// registers KVM keeps in `kvm_run` (`KVM_CAP_SYNC_REGS`), saving two ioctls
+    /// per exit; without the capability they fall back to `KVM_GET/SET_REGS`.
+    pub fn enable_sync_regs(&mut self, kvm: &Kvm) {
+        self.sync = kvm.check_extension(kvm_ioctls::Cap::SyncRegs);
+        if self.sync {
+            self.fd.set_sync_valid_reg(SyncReg::Register);
+        }
+    }
+
+    /// The general registers as of the last exit (all zero if KVM refuses).
+    pub fn sync_regs(&mut self) -> kvm_regs {
+        if self.sync {
+            self.fd.sync_regs().regs
+        } else {
+            self.fd.get_regs().unwrap_or_default()
+        }
+    }
+
+    /// Sets the general registers for the next entry.
+    pub fn set_sync_regs(&mut self, regs: &kvm_regs) {
+        if self.sync {
+            self.fd.sync_regs_mut().regs = *regs;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+        } else {
+            // A refusal surfaces as a crash at the next entry.
+            let _ = self.fd.set_regs(regs);
+        }
+    }
+
+    /// `KVM_GET_SREGS`; `None` if KVM refuses.
+    pub fn sregs(&self) -> Option<kvm_sregs> {
+        self.fd.get_sregs().ok()
+    }
+
+    /// `KVM_SET_SREGS`; `false` if KVM refuses.
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> bool {
+        self.fd.set_sregs(sregs).is_ok()
+    }
+
+    /// Reads MSR `index` (`KVM_GET_MSRS`); `None` if KVM refuses.
+    pub fn msr(&self, index: u32) -> Option<u64> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }]).ok()?;
+        (self.fd.get_msrs(&mut msrs).ok()? == 1).then(|| msrs.as_slice()[0].data)
+    }
+
+    /// Writes MSR `index` (`KVM_SET_MSRS`); `false` if KVM refuses.
+    pub fn set_msr(&self, index: u32, data: u64) -> bool {
+        Msrs::from_entries(&[kvm_msr_entry { index, data, ..Default::default() }])
+            .is_ok_and(|msrs| self.fd.set_msrs(&msrs).is_ok_and(|n| n == 1))
+    }
+
+    /// The guest's TSC frequency (`KVM_GET_TSC_KHZ`); `None` if KVM cannot say.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok().filter(|&k| k != 0)
+    }
+
+    /// Sets the FPU to its reset state (x87 control word 0x37f, MXCSR 0x1f80).
+    pub fn reset_fpu(&self) -> Result<(), SetupError> {
+        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+        self.fd.set_fpu(&fpu).map_err(SetupError::ioctl("set the FPU state"))
+    }
+
+    /// Puts the vCPU at `regs` with the special registers `edit` makes of
+    /// KVM's current ones.
+    pub fn set_state(&self, edit: impl FnOnce(&mut kvm_sregs) -> kvm_regs) -> Result<(), SetupError> {
+        let mut sregs = self.fd.get_sregs().map_err(SetupError::ioctl("read the special registers"))?;
+        let regs = edit(&mut sregs);
+        self.fd.set_sregs(&sregs).map_err(SetupError::ioctl("set the special registers"))?;
+        self.fd.set_regs(&regs).map_err(SetupError::ioctl("set the registers"))
     }
 
     /// Reads the registers for a crash report; `None` if KVM refuses.

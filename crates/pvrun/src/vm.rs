@@ -115,6 +115,10 @@ pub enum SetupError {
     /// The boot GDT could not be written (exit 70).
     #[error("cannot write the boot GDT: {0}")]
     Gdt(vm_memory::GuestMemoryError),
+    /// The lguest switcher, boot page tables or zero page could not be
+    /// written (exit 70).
+    #[error("cannot write the lguest switcher and boot structures: {0}")]
+    LguestBoot(vm_memory::GuestMemoryError),
     /// The hypercall probe's code could not be written (exit 70).
     #[error("cannot write the hypercall probe's code: {0}")]
     ProbeCode(vm_memory::GuestMemoryError),

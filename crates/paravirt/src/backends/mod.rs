@@ -4,9 +4,10 @@
 use crate::select::Backend;
 
 pub mod kvm;
+pub mod lguest;
 pub mod native;
 pub mod pvclock;
 pub mod xen;
 
 /// Every backend, native first.
-pub static BACKENDS: &[Backend] = &[native::BACKEND, kvm::BACKEND, xen::BACKEND];
+pub static BACKENDS: &[Backend] = &[native::BACKEND, kvm::BACKEND, xen::BACKEND, lguest::BACKEND];

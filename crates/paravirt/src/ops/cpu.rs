@@ -65,6 +65,8 @@ pub struct CpuOps {
     pub load_tr: unsafe extern "C" fn(u16),
     pub wbinvd: extern "C" fn(),
     pub io_delay: extern "C" fn(),
+    /// Entered by a jump, never called: see [`iret`].
+    pub iret: unsafe extern "C" fn() -> !,
 }
 
 impl CpuOps {
@@ -84,6 +86,7 @@ impl CpuOps {
         load_tr: native::load_tr,
         wbinvd: native::wbinvd,
         io_delay: native::io_delay,
+        iret: native::iret,
     };
 }
 
@@ -233,6 +236,24 @@ pub fn wbinvd() {
 pub fn io_delay() {
     // SAFETY: a delay has no memory effect.
     unsafe { pv_site!(Op::CpuIoDelay;) };
+}
+
+/// `iretq`: the return from an interrupt or exception, as a patchable *jump*
+/// site in the kernel's trap exit (Linux's `INTERRUPT_RETURN`). A deprivileged
+/// backend must restore its virtual interrupt flag from the frame as it returns
+/// (lguest's `lguest_iret`); natively the site is the `iretq` itself.
+///
+/// The site lives in the kernel's own assembly: [`crate::iret_site!`] gives its
+/// text, and these constants its operands.
+pub mod iret {
+    use crate::ops::Op;
+
+    /// The op.
+    pub const OP: u16 = Op::CpuIret as u16;
+    /// Offset of its entry in [`crate::table::PvOps`].
+    pub const OFFSET: usize = Op::CpuIret.info().offset;
+    /// Length of the site.
+    pub const LEN: usize = crate::patch::site_len(Op::CpuIret);
 }
 
 /// Reads the time-stamp counter (unprivileged: not an op, here so callers need no

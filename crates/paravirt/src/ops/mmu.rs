@@ -30,12 +30,12 @@ pub struct MmuOps {
     pub read_cr2: extern "C" fn() -> u64,
     pub read_cr3: extern "C" fn() -> u64,
     pub write_cr3: unsafe extern "C" fn(u64),
-    pub set_pte: unsafe extern "C" fn(*mut u64, u64),
+    pub set_pte: unsafe extern "C" fn(*mut u64, u64, u64),
     pub set_pmd: unsafe extern "C" fn(*mut u64, u64),
     pub set_pud: unsafe extern "C" fn(*mut u64, u64),
     pub set_p4d: unsafe extern "C" fn(*mut u64, u64),
     pub read_entry: unsafe extern "C" fn(*const u64) -> u64,
-    pub pte_clear: unsafe extern "C" fn(*mut u64),
+    pub pte_clear: unsafe extern "C" fn(*mut u64, u64),
     pub flush_tlb_all: extern "C" fn(),
     pub flush_tlb_one: extern "C" fn(u64),
     pub flush_tlb_multi: extern "C" fn(u64, u64, u64),
@@ -52,7 +52,7 @@ impl MmuOps {
         read_cr2: native::read_cr2,
         read_cr3: native::read_cr3,
         write_cr3: native::write_cr3,
-        set_pte: native::set_entry,
+        set_pte: native::set_pte,
         set_pmd: native::set_entry,
         set_pud: native::set_entry,
         set_p4d: native::set_entry,
@@ -112,10 +112,18 @@ macro_rules! entry_setter {
     };
 }
 
-entry_setter!(
-    /// Writes a level-1 page-table entry.
-    set_pte, Op::MmuSetPte
-);
+/// Writes the level-1 page-table entry that maps `va` (Linux's `set_pte_at`: a
+/// shadow-notify ABI such as lguest names the address it changed).
+///
+/// # Safety
+/// `entry` must point into a live level-1 table and be the entry for `va` in the
+/// tables it belongs to; the new mapping must not alias memory in a way that
+/// breaks Rust's rules.
+#[inline(always)]
+pub unsafe fn set_pte(entry: *mut u64, value: u64, va: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { pv_site!(Op::MmuSetPte; in("rdi") entry, in("rsi") value, in("rdx") va,) };
+}
 entry_setter!(
     /// Writes a level-2 page-table entry.
     set_pmd, Op::MmuSetPmd
@@ -142,14 +150,16 @@ pub unsafe fn read_entry(entry: *const u64) -> u64 {
     v
 }
 
-/// Clears a level-1 page-table entry.
+/// Clears the level-1 page-table entry that maps `va` (Linux's `pte_clear(mm,
+/// addr, ptep)`).
 ///
 /// # Safety
-/// `entry` must point into a live page table; nothing may still use the mapping.
+/// `entry` must point into a live page table and be the entry for `va`; nothing
+/// may still use the mapping.
 #[inline(always)]
-pub unsafe fn pte_clear(entry: *mut u64) {
+pub unsafe fn pte_clear(entry: *mut u64, va: u64) {
     // SAFETY: forwarded to the caller.
-    unsafe { pv_site!(Op::MmuPteClear; in("rdi") entry,) };
+    unsafe { pv_site!(Op::MmuPteClear; in("rdi") entry, in("rsi") va,) };
 }
 
 /// Flushes every non-global TLB entry on this CPU.

@@ -32,10 +32,18 @@ pub struct OpInfo {
     /// register contract (arguments in rdi, rsi; result in rax; the C ABI's
     /// caller-saved registers may be clobbered). `None`: always a call.
     pub native_inline: Option<&'static [u8]>,
+    /// The site is entered by a jump and never returns (`cpu.iret`): patched to a
+    /// `jmp`, not a `call`.
+    pub jump: bool,
+    /// Bytes the site reserves at least, beyond what the native form and the
+    /// indirect call need: room for a backend's own inline form (lguest's
+    /// `irq.disable` is a 7-byte store to its shared page).
+    pub min_site_len: usize,
 }
 
 macro_rules! define_ops {
-    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $group:ident . $field:ident, $native:expr; )*) => {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $group:ident . $field:ident, $native:expr
+        $(, site $min:literal)?; )*) => {
         /// Every op of the API.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u16)]
@@ -50,6 +58,8 @@ macro_rules! define_ops {
                 name: $name,
                 offset: offset_of!(PvOps, $group) + offset_of!(group_type!($group), $field),
                 native_inline: $native,
+                jump: matches!(Op::$variant, Op::CpuIret),
+                min_site_len: 0 $(+ $min)?,
             }, )*
         ];
     };
@@ -113,12 +123,14 @@ define_ops! {
     CpuWbinvd = "cpu.wbinvd", cpu.wbinvd, Some(&[0x0f, 0x09]);
     /// `out 0x80, al`.
     CpuIoDelay = "cpu.io_delay", cpu.io_delay, Some(&[0xe6, 0x80]);
+    /// `iretq` (a jump site: see `cpu::iret`).
+    CpuIret = "cpu.iret", cpu.iret, Some(&[0x48, 0xcf]);
     /// `pushfq; pop rax`.
     IrqSaveFlags = "irq.save_flags", irq.save_flags, Some(&[0x9c, 0x58]);
     /// `push rdi; popfq`.
     IrqRestoreFlags = "irq.restore_flags", irq.restore_flags, Some(&[0x57, 0x9d]);
-    /// `cli`.
-    IrqDisable = "irq.disable", irq.disable, Some(&[0xfa]);
+    /// `cli` (the site has room for lguest's `mov byte ptr [rip + d32], 0`).
+    IrqDisable = "irq.disable", irq.disable, Some(&[0xfa]), site 7;
     /// `sti`.
     IrqEnable = "irq.enable", irq.enable, Some(&[0xfb]);
     /// `sti; hlt`.

@@ -30,7 +30,25 @@ pub fn start() {
 /// Marks the end; returns (instructions, exits) of the region when counted.
 #[inline(always)]
 pub fn stop() -> (u64, u64) {
+    let c = stop_counts();
+    (c.insns, c.exits)
+}
+
+/// What a region cost, as pvrun counted it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Instructions KVM's emulator ran.
+    pub insns: u64,
+    /// Exits of the vCPU (KVM's count: the host kernel's own included).
+    pub exits: u64,
+    /// Exits pvrun itself served (port accesses, a served ABI's traps).
+    pub served: u64,
+}
+
+/// Marks the end; returns all three counts of the region.
+#[inline(always)]
+pub fn stop_counts() -> Counts {
     out(STOP);
-    let words = [inl(), inl(), inl(), inl()];
-    (u64::from(words[0]) | (u64::from(words[1]) << 32), u64::from(words[2]) | (u64::from(words[3]) << 32))
+    let word = || u64::from(inl()) | (u64::from(inl()) << 32);
+    Counts { insns: word(), exits: word(), served: word() }
 }

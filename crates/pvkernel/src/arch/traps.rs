@@ -139,10 +139,18 @@ trap_common:
     pop rbx
     pop rax
     add rsp, 16
-    iretq
+    "#,
+    // `iretq`, through the API: a deprivileged backend restores its virtual
+    // interrupt flag from the frame on the way out.
+    paravirt::iret_site!(),
+    r#"
     .text
     "#,
     dispatch = sym trap_dispatch,
+    pv_ops = sym paravirt::table::PV_OPS,
+    pv_iret_offset = const paravirt::cpu::iret::OFFSET,
+    pv_iret_len = const paravirt::cpu::iret::LEN,
+    pv_iret_op = const paravirt::cpu::iret::OP,
 );
 
 extern "C" {

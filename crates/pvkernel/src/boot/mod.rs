@@ -1,6 +1,7 @@
 //! Boot protocols. Each converts what its loader hands over into one [`BootInfo`];
 //! nothing above this module knows how the kernel was entered.
 
+pub mod lguest;
 pub mod pvh;
 pub mod smp;
 pub mod xenpv;
@@ -54,7 +55,7 @@ static CMDLINE: crate::sync::BootCell<([u8; MAX_CMDLINE], usize)> =
 
 /// What the boot protocol told us.
 pub struct BootInfo {
-    /// Boot protocol name ("pvh", "xen-pv").
+    /// Boot protocol name ("pvh", "xen-pv", "lguest").
     pub protocol: &'static str,
     /// How the kernel was entered (decides whether it owns the hardware).
     pub flow: paravirt::BootFlow,
@@ -145,9 +146,16 @@ impl BootInfo {
     }
 
     /// Whether the kernel owns the CPU's privileged state and the local APIC
-    /// (false for a Xen PV guest, which runs in ring 3 without either).
+    /// (false for Xen PV and lguest guests, which run in ring 3 without either).
     pub fn owns_hardware(&self) -> bool {
         self.flow == paravirt::BootFlow::Hardware
+    }
+
+    /// Whether every kernel mapping must be user-accessible: the kernel runs in
+    /// ring 3 on tables the hardware walks as they are (lguest; Xen PV's
+    /// hypervisor adjusts the kernel's entries itself).
+    pub fn kernel_pages_are_user(&self) -> bool {
+        matches!(self.flow, paravirt::BootFlow::Lguest { .. })
     }
 
     /// Total usable RAM in bytes.

@@ -113,6 +113,8 @@ boot_gdt_ptr:
     .section .bss.pagetables, "aw", @nobits
     .balign 4096
     .global boot_pml4
+    .global boot_pdpt
+    .global boot_pd
 boot_pml4: .space 4096
 boot_pdpt: .space 4096
 boot_pd:   .space 4096 * 4

@@ -12,6 +12,8 @@ use super::{frame, PAGE_SIZE};
 pub const PRESENT: u64 = 1 << 0;
 /// Writable.
 pub const WRITABLE: u64 = 1 << 1;
+/// User-accessible.
+pub const USER: u64 = 1 << 2;
 /// Large page (at level 2 or 3).
 pub const HUGE: u64 = 1 << 7;
 /// Physical address bits of an entry.
@@ -28,6 +30,26 @@ pub enum MapError {
     NotMapped,
     /// A huge page covers the address.
     HugePage,
+}
+
+/// Flags every mapping gets besides the caller's: [`USER`] when the kernel runs
+/// in ring 3 on tables the hardware walks as written (lguest).
+static KERNEL_EXTRA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Makes every mapping from now on user-accessible. Once, at boot, before the
+/// first mapping.
+pub fn map_kernel_as_user() {
+    KERNEL_EXTRA.store(USER, core::sync::atomic::Ordering::Relaxed);
+}
+
+fn extra() -> u64 {
+    KERNEL_EXTRA.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The level-1 entry that maps frame `pa` with `flags` the way every kernel
+/// mapping is made (present, plus [`USER`] where the kernel runs in ring 3).
+pub fn kernel_pte(pa: u64, flags: u64) -> u64 {
+    (pa & ADDR_MASK) | flags | PRESENT | extra()
 }
 
 fn index(va: u64, level: u32) -> usize {
@@ -58,7 +80,7 @@ fn walk(root: u64, va: u64, create: bool) -> Result<*mut u64, MapError> {
             }
             let new = frame::alloc_zeroed().ok_or(MapError::OutOfFrames)?;
             mmu::alloc_pt(level - 1, new >> 12);
-            let value = new | PRESENT | WRITABLE;
+            let value = new | PRESENT | WRITABLE | extra();
             // SAFETY: `slot` is a live entry of the right level; the new table is zeroed.
             unsafe {
                 match level {
@@ -103,7 +125,7 @@ pub unsafe fn map_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapE
         return Err(MapError::AlreadyMapped);
     }
     // SAFETY: as above; the caller vouches for the mapping.
-    unsafe { mmu::set_pte(slot, (pa & ADDR_MASK) | flags | PRESENT) };
+    unsafe { mmu::set_pte(slot, kernel_pte(pa, flags), va) };
     mmu::flush_tlb_one(va);
     Ok(())
 }
@@ -120,7 +142,7 @@ pub unsafe fn unmap(va: u64) -> Result<u64, MapError> {
         return Err(MapError::NotMapped);
     }
     // SAFETY: as above; the caller guarantees the mapping is unused.
-    unsafe { mmu::pte_clear(slot) };
+    unsafe { mmu::pte_clear(slot, va) };
     mmu::flush_tlb_one(va);
     Ok(old & ADDR_MASK)
 }
@@ -168,12 +190,12 @@ pub fn protect_kernel_text() -> Result<(), MapError> {
         let pa = i * PAGE_SIZE;
         let writable = if pa >= ro_start && pa < ro_end { 0 } else { WRITABLE };
         // SAFETY: `pt` is a fresh frame we own; entries are filled before it is linked.
-        unsafe { mmu::set_pte(table_at(pt).add(i as usize), pa | PRESENT | writable) };
+        unsafe { mmu::set_pte(table_at(pt).add(i as usize), kernel_pte(pa, writable), pa) };
     }
     mmu::alloc_pt(mmu_level::PTE, pt >> 12);
     // SAFETY: the new table maps the same frames with the same attributes except
     // write access to text, which nothing writes (the patcher is done).
-    unsafe { mmu::set_pmd(pd0, pt | PRESENT | WRITABLE) };
+    unsafe { mmu::set_pmd(pd0, pt | PRESENT | WRITABLE | extra()) };
     mmu::flush_tlb_all();
     Ok(())
 }
@@ -190,7 +212,7 @@ fn write_protect(start: u64, end: u64) -> Result<(), MapError> {
                 // dropping write access keeps every mapping the kernel relies on.
                 unsafe {
                     let e = mmu::read_entry(slot);
-                    mmu::set_pte(slot, e & !WRITABLE);
+                    mmu::set_pte(slot, e & !WRITABLE, va);
                 }
             }
             Err(e) => {

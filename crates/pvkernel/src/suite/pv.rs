@@ -19,8 +19,9 @@ fn every_op_reported(ctx: &mut Ctx) -> TestResult {
     for op in Op::all() {
         let imp = sel.implementation(op);
         ensure!(!imp.is_empty(), "{} has no implementation", op.name());
+        let backend = sel.decision.backend;
         if sel.provided.contains(op) && sel.patched.is_some() {
-            ensure!(imp == sel.decision.backend.name, "{} -> {}", op.name(), imp);
+            ensure!(imp == backend.name || imp == backend.inline_name, "{} -> {}", op.name(), imp);
         }
     }
     if sel.decision.backend.name != "native" {
@@ -53,7 +54,7 @@ fn site_bytes(ctx: &mut Ctx) -> TestResult {
     let ops = paravirt::table::ops();
     for rec in patch::sites() {
         let op = rec.op().ok_or(alloc::format!("bad op {} in a site record", rec.op))?;
-        let want = paravirt::decide_patch(op, &ctx.selection.provided, ops);
+        let want = paravirt::decide_patch(op, &ctx.selection.provided, ops, ctx.selection.decision.backend);
         let len = usize::from(rec.len);
         let (bytes, n) =
             patch::encode(rec.address(), len, want).map_err(|e| alloc::format!("{}: {:?}", op.name(), e))?;
@@ -67,9 +68,13 @@ fn site_bytes(ctx: &mut Ctx) -> TestResult {
             have,
             &bytes[..n]
         );
-        if let Patch::Inline(native) = want {
-            ensure!(have.ends_with(native), "{}: native bytes not at the end", op.name());
-        }
+        let at_end = match want {
+            Patch::Inline(native) => have.ends_with(native),
+            // The opcode bytes in place, ending the site (the displacement varies).
+            Patch::InlineRel { code, disp_at, .. } => have[len - code.len()..].starts_with(&code[..disp_at]),
+            Patch::Call(_) | Patch::Jump(_) => true,
+        };
+        ensure!(at_end, "{}: the inline form does not end the site", op.name());
     }
     Ok(())
 }

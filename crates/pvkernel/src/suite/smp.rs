@@ -95,7 +95,7 @@ fn tlb_shootdown(_: &mut Ctx) -> TestResult {
     }
     let pte = paging::entry(va).ok_or(String::from("no PTE"))?;
     // SAFETY: our test mapping.
-    unsafe { mmu::set_pte(pte, b | paging::PRESENT | paging::WRITABLE) };
+    unsafe { mmu::set_pte(pte, paging::kernel_pte(b, paging::WRITABLE), va) };
     mmu::flush_tlb_multi(online_mask(), va, va + PAGE_SIZE);
     let mut stale = String::new();
     for &cpu in &cpus {

@@ -16,4 +16,6 @@ pub const BACKEND: Backend = Backend {
     init_cpu: ops::init_cpu,
     memory_map: |_| 0,
     start_cpu: |_, _, _| crate::StartCpu::Unsupported,
+    patch: Backend::NO_INLINE,
+    inline_name: "kvm",
 };

@@ -1,6 +1,8 @@
 //! Loops for the patching benchmark: the same op as the raw instruction sequence and
 //! as the API's call site, with identical operands and clobbers so the compiler
-//! builds the same loop around both. Only the native forms live here (they are raw
+//! builds the same loop around both. The operands are those the op's contract
+//! passes (`set_pte` names the address it maps, in rdx, though the native store
+//! does not read it). Only the native forms live here (they are raw
 //! privileged instructions, which belong in a backend).
 
 use core::arch::asm;
@@ -107,10 +109,10 @@ pub unsafe fn run(op: Op, form: Form, iters: u64, env: &BenchEnv) -> bool {
             site: unsafe { mmu::write_cr3(cr3) }, [in("rdi") cr3,]),
         Op::MmuSetPte => bench_loop!(iters, form, raw: "mov [rdi], rsi",
             // SAFETY: the entry's own value written back.
-            site: unsafe { mmu::set_pte(pte, pte_value) }, [in("rdi") pte, in("rsi") pte_value,]),
+            site: unsafe { mmu::set_pte(pte, pte_value, va) }, [in("rdi") pte, in("rsi") pte_value, in("rdx") va,]),
         Op::MmuPteClear => bench_loop!(iters, form, raw: "mov qword ptr [rdi], 0",
             // SAFETY: the caller's spare entry; clearing it unmaps a test page.
-            site: unsafe { mmu::pte_clear(pte) }, [in("rdi") pte,]),
+            site: unsafe { mmu::pte_clear(pte, va) }, [in("rdi") pte, in("rsi") va,]),
         Op::MmuFlushTlbOne => bench_loop!(iters, form, raw: "invlpg [rdi]",
             site: mmu::flush_tlb_one(va), [in("rdi") va,]),
         Op::MmuFlushTlbAll => bench_loop!(iters, form, raw: "mov rax, cr3; mov cr3, rax",

@@ -42,6 +42,7 @@ assembled! {
     cpu_load_tr: "ltr di";
     cpu_wbinvd: "wbinvd";
     cpu_io_delay: "out 0x80, al";
+    cpu_iret: "iretq";
     irq_save_flags: "pushfq; pop rax";
     irq_restore_flags: "push rdi; popfq";
     irq_disable: "cli";

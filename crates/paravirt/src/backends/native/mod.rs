@@ -18,6 +18,8 @@ pub const BACKEND: Backend = Backend {
     init_cpu: |_| {},
     memory_map: |_| 0,
     start_cpu: |_, _, _| crate::StartCpu::Unsupported,
+    patch: Backend::NO_INLINE,
+    inline_name: "native-inline",
 };
 
 fn install(_: &InitEnv, _: &mut PvOps) -> (OpSet, AbiLine) {

@@ -145,6 +145,20 @@ pub(crate) extern "C" fn io_delay() {
     unsafe { asm!("out 0x80, al", in("al") 0u8, options(nomem, nostack, preserves_flags)) };
 }
 
+core::arch::global_asm!(
+    ".pushsection .text.paravirt_native_iret, \"ax\"",
+    ".global paravirt_native_iret",
+    "paravirt_native_iret:",
+    "iretq",
+    ".popsection",
+);
+
+extern "C" {
+    /// `iretq`, for the table: sites jump here only when unpatched.
+    #[link_name = "paravirt_native_iret"]
+    pub(crate) fn iret() -> !;
+}
+
 pub(crate) fn read_tsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc only reads the time-stamp counter.
@@ -195,7 +209,12 @@ pub(crate) unsafe extern "C" fn read_entry(entry: *const u64) -> u64 {
     unsafe { core::ptr::read_volatile(entry) }
 }
 
-pub(crate) unsafe extern "C" fn pte_clear(entry: *mut u64) {
+pub(crate) unsafe extern "C" fn set_pte(entry: *mut u64, value: u64, _va: u64) {
+    // SAFETY: as set_entry.
+    unsafe { core::ptr::write_volatile(entry, value) };
+}
+
+pub(crate) unsafe extern "C" fn pte_clear(entry: *mut u64, _va: u64) {
     // SAFETY: as set_entry.
     unsafe { core::ptr::write_volatile(entry, 0) };
 }
@@ -261,10 +280,15 @@ pub(crate) extern "C" fn console_write(ptr: *const u8, len: usize) {
 /// QEMU's isa-debug-exit port: the emulator exits with `(value << 1) | 1`.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
-pub(crate) extern "C" fn shutdown(status: u32) -> ! {
+/// Writes `status` to the debug-exit port: the VM ends where the device exists.
+pub(crate) fn debug_exit(status: u32) {
     // SAFETY: writing the debug-exit port ends the VM where the device exists and is
     // ignored elsewhere.
     unsafe { asm!("out dx, eax", in("dx") DEBUG_EXIT_PORT, in("eax") status, options(nomem, nostack)) };
+}
+
+pub(crate) extern "C" fn shutdown(status: u32) -> ! {
+    debug_exit(status);
     loop {
         irq_disable();
         halt();

@@ -18,8 +18,16 @@ use crate::select::{AbiLine, Backend, InitEnv, OpSet};
 use crate::table::PvOps;
 
 /// Xen.
-pub const BACKEND: Backend =
-    Backend { name: "xen", detect: probe::detect, install, init_cpu: |_| {}, memory_map, start_cpu };
+pub const BACKEND: Backend = Backend {
+    name: "xen",
+    detect: probe::detect,
+    install,
+    init_cpu: |_| {},
+    memory_map,
+    start_cpu,
+    patch: Backend::NO_INLINE,
+    inline_name: "xen",
+};
 
 fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     match crate::xen_pv_start_info() {

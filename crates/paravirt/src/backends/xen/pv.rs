@@ -522,11 +522,11 @@ fn flush_queue() {
     }
 }
 
-unsafe extern "C" fn set_pte(entry: *mut u64, value: u64) {
+unsafe extern "C" fn set_pte(entry: *mut u64, value: u64, _va: u64) {
     queue_write(entry, value);
 }
 
-unsafe extern "C" fn pte_clear(entry: *mut u64) {
+unsafe extern "C" fn pte_clear(entry: *mut u64, _va: u64) {
     queue_write(entry, 0);
 }
 
