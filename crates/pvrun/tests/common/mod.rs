@@ -21,6 +21,9 @@ pub enum PvhNote {
     Entry32(u32),
     /// An 8-byte descriptor with this entry.
     Entry64(u64),
+    /// lguest64 notes ("Lguest"): this 64-bit entry, and the ABI version
+    /// (major, minor) when given.
+    Lguest(u64, Option<(u32, u32)>),
 }
 
 /// What to build.
@@ -41,19 +44,34 @@ impl ElfSpec {
     }
 }
 
-fn note_bytes(note: PvhNote) -> Option<Vec<u8>> {
-    let desc = match note {
-        PvhNote::Omit => return None,
-        PvhNote::Entry32(e) => e.to_le_bytes().to_vec(),
-        PvhNote::Entry64(e) => e.to_le_bytes().to_vec(),
-    };
+/// One ELF note, name and descriptor padded to 4 bytes.
+fn one_note(name: &[u8], n_type: u32, desc: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    v.extend_from_slice(&4u32.to_le_bytes()); // namesz ("Xen\0")
-    v.extend_from_slice(&(desc.len() as u32).to_le_bytes()); // descsz
-    v.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
-    v.extend_from_slice(b"Xen\0");
-    v.extend_from_slice(&desc);
-    Some(v)
+    v.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    v.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+    v.extend_from_slice(&n_type.to_le_bytes());
+    v.extend_from_slice(name);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v.extend_from_slice(desc);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v
+}
+
+fn note_bytes(note: PvhNote) -> Option<Vec<u8>> {
+    Some(match note {
+        PvhNote::Omit => return None,
+        // XEN_ELFNOTE_PHYS32_ENTRY
+        PvhNote::Entry32(e) => one_note(b"Xen\0", 18, &e.to_le_bytes()),
+        PvhNote::Entry64(e) => one_note(b"Xen\0", 18, &e.to_le_bytes()),
+        PvhNote::Lguest(entry, abi) => {
+            let mut v = one_note(b"Lguest\0", 1, &entry.to_le_bytes());
+            if let Some((major, minor)) = abi {
+                let desc: Vec<u8> = major.to_le_bytes().into_iter().chain(minor.to_le_bytes()).collect();
+                v.extend(one_note(b"Lguest\0", 2, &desc));
+            }
+            v
+        }
+    })
 }
 
 /// Builds an ET_EXEC, EM_X86_64 ELF64 with one PT_LOAD (and maybe a PT_NOTE).
