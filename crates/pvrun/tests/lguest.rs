@@ -154,7 +154,7 @@ fn mapping_into_the_switchers_range_is_sudden_death() {
     killed("lg_switcher_slot", &code, "slot 511, the switcher's");
     // A PTE naming the switcher's memory (the top 128 KiB of the 128 MiB).
     let mut code = init();
-    code.extend(x64::hcall(14, u64::from(TABLE), 0x1000, (128 << 20) - (64 << 10) | 1));
+    code.extend(x64::hcall(14, u64::from(TABLE), 0x1000, ((128 << 20) - (64 << 10)) | 1));
     killed("lg_switcher_frame", &code, "maps the switcher's memory");
 }
 
