@@ -22,6 +22,8 @@ pub mod hcalls;
 pub mod paging;
 pub mod runtime;
 pub mod switcher;
+#[cfg(test)]
+mod tests;
 pub mod traps;
 
 use kvm_bindings::kvm_cpuid_entry2;
@@ -244,28 +246,4 @@ pub fn setup(
     let tsc_khz = vcpu.tsc_khz().unwrap_or(0);
     let lg = Lguest::new(mem.clone(), layout, switcher_entry, cpuid.to_vec(), tsc_khz);
     Ok(runtime::LguestVcpu::new(lg, crate::runner::kick_signal()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn completions_merge_to_what_covers_both() {
-        use Completion::*;
-        assert_eq!(None.merge(Invlpg(1)), Invlpg(1));
-        assert_eq!(Invlpg(1).merge(Invlpg(1)), Invlpg(1));
-        assert_eq!(Invlpg(1).merge(Invlpg(2)), FlushAll);
-        assert_eq!(FlushAll.merge(LoadCr3(5)), LoadCr3(5));
-        assert_eq!(LoadCr3(5).merge(Invlpg(2)), LoadCr3(5));
-        assert_eq!(FlushAll.merge(None), FlushAll);
-    }
-
-    #[test]
-    fn an_ending_beats_a_halt() {
-        assert_eq!(Next::Halt.then(Next::Resume), Next::Halt);
-        assert_eq!(Next::Halt.then(Next::PowerOff("x".into())), Next::PowerOff("x".into()));
-        assert_eq!(Next::Restart("r".into()).then(Next::Halt), Next::Restart("r".into()));
-        assert_eq!(Next::Resume.then(Next::Resume), Next::Resume);
-    }
 }
