@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod compare;
 pub mod matrix;
 pub mod platform;
 pub mod run;
@@ -38,4 +39,7 @@ pub enum LabError {
     /// Results could not be written.
     #[error("cannot write {0}: {1}")]
     Output(String, String),
+    /// The command line asks for something that cannot be done.
+    #[error("{0}")]
+    Usage(String),
 }

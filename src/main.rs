@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pvlab::platform::{self, Platform};
-use pvlab::{bench, build, matrix};
+use pvlab::{bench, build, compare, matrix};
 
 /// Build pvkernel, boot it on every platform present, and report the TAP results
 /// as a matrix. Exits non-zero if any test on any platform fails.
@@ -44,6 +44,15 @@ enum Cmd {
         /// Cycle measurements per op and form; the least is kept.
         #[arg(long, default_value_t = 5)]
         reps: u32,
+    },
+    /// The same kernel on two platforms side by side (default: pvrun-kvm, where
+    /// KVM emulates the kernel's CPL0 code, against pvrun-lguest, where it runs
+    /// in ring 3): the suite without its clock-mark wait, the everyday
+    /// operations one by one, and a CPU-bound workload, with ratios.
+    Compare {
+        /// MiB of page tables built and data checksummed by the workload.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+        workload: u64,
     },
 }
 
@@ -109,6 +118,31 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
                 })
                 .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
             println!("bench.json: {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compare { workload } => {
+            let kernel = kernel_path(cli.kernel)?;
+            let pair = match cli.platforms.len() {
+                0 => vec![platform::by_name("pvrun-kvm")?, platform::by_name("pvrun-lguest")?],
+                2 => selected,
+                _ => return Err(pvlab::LabError::Usage("compare takes two platforms (-p A -p B)".into())),
+            };
+            for p in &pair {
+                if let Err(why) = p.availability() {
+                    return Err(pvlab::LabError::Launch(p.name.to_string(), why));
+                }
+            }
+            let a = compare::measure(pair[0], &kernel, workload)?;
+            let b = compare::measure(pair[1], &kernel, workload)?;
+            print!("{}", compare::render(&a, &b));
+            let dir = build::output_dir();
+            let path = dir.join("compare.json");
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::write(&path, serde_json::to_string_pretty(&[&a, &b]).unwrap_or_default())
+                })
+                .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
+            println!("\ncompare.json: {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Matrix => {

@@ -52,3 +52,8 @@ pub fn stop_counts() -> Counts {
     let word = || u64::from(inl()) | (u64::from(inl()) << 32);
     Counts { insns: word(), exits: word(), served: word() }
 }
+
+/// A write the marker ignores (an unknown command): one VMM round trip.
+pub fn ignored_write() {
+    out(0xffff_fffe);
+}

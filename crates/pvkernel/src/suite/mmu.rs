@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use paravirt::mmu;
 
-use super::{mem::TEST_VA, skip, Ctx, Test, TestResult};
+use super::{mem::TEST_VA, Ctx, Test, TestResult};
 use crate::arch::probe;
 use crate::mm::{frame, paging, PAGE_SIZE};
 use crate::{diag, ensure};
@@ -144,17 +144,20 @@ impl Counter {
     }
 }
 
-/// 4096 PTE writes unbatched, then the same 4096 in lazy mode, on a backend whose
-/// entry writes are hypercalls (Xen PV, counted by the backend; lguest, counted
-/// by pvrun): identical page tables, and at least [`MIN_BATCH_GAIN`]× fewer
-/// hypercalls batched. Both sides build their own page tables (8 level-1 tables
-/// each), so the counts include that too.
+/// 4096 PTE writes unbatched, then the same 4096 in lazy mode: identical page
+/// tables everywhere, and where entry writes are hypercalls (Xen PV, counted by
+/// the backend; lguest, counted by pvrun) at least [`MIN_BATCH_GAIN`]× fewer
+/// hypercalls batched. Both sides build their own page tables (8 level-1
+/// tables each), so the counts include that too.
 fn lazy_batch_hypercalls(ctx: &mut Ctx) -> TestResult {
     let counter = match ctx.selection.abi.name {
-        "xen-pv" => Counter::XenBackend,
-        "lguest64" if crate::arch::bench_port::present() => Counter::Pvrun,
-        "lguest64" => return skip("no pvrun bench marker to count the traps with"),
-        _ => return skip("backend applies entry writes at once (no hypercalls to count)"),
+        "xen-pv" => Some(Counter::XenBackend),
+        _ if crate::arch::bench_port::present() => Some(Counter::Pvrun),
+        _ => None,
+    };
+    let count = |f: &dyn Fn() -> TestResult| match counter {
+        Some(c) => c.count(f).map(Some),
+        None => f().map(|()| None),
     };
     let frames: Vec<u64> = (0..16).map(|i| frame_with(0xba7c_0000 + i)).collect::<Result<_, _>>()?;
     let frame_of = |i: u64| frames[(i % 16) as usize];
@@ -168,8 +171,8 @@ fn lazy_batch_hypercalls(ctx: &mut Ctx) -> TestResult {
         }
         Ok(())
     };
-    let unbatched_calls = counter.count(|| map_side(plain))?;
-    let batched_calls = counter.count(|| {
+    let unbatched_calls = count(&|| map_side(plain))?;
+    let batched_calls = count(&|| {
         mmu::lazy_enter();
         let r = map_side(batched);
         mmu::lazy_leave();
@@ -199,21 +202,27 @@ fn lazy_batch_hypercalls(ctx: &mut Ctx) -> TestResult {
         // SAFETY: unmapped above.
         unsafe { frame::free(f) };
     }
-    diag!(
-        "lazy mmu: {} PTE writes: {} hypercalls unbatched, {} batched ({:.0}x fewer)",
-        CONFORMANCE_PAGES,
-        unbatched_calls,
-        batched_calls,
-        unbatched_calls as f64 / batched_calls.max(1) as f64
-    );
     ensure!(differ == 0, "{} of {} batched PTEs differ from the unbatched ones", differ, CONFORMANCE_PAGES);
     ensure!(seen == 0xba7c_0000 + last % 16, "the last batched page reads {:#x}", seen);
-    ensure!(
-        unbatched_calls >= MIN_BATCH_GAIN * batched_calls,
-        "batching saved too little: {} vs {} hypercalls",
-        unbatched_calls,
-        batched_calls
-    );
+    match (unbatched_calls, batched_calls) {
+        // Every entry write a hypercall: batching must save.
+        (Some(u), Some(b)) if u >= CONFORMANCE_PAGES => {
+            diag!(
+                "lazy mmu: {} PTE writes: {} hypercalls unbatched, {} batched ({:.0}x fewer)",
+                CONFORMANCE_PAGES,
+                u,
+                b,
+                u as f64 / b.max(1) as f64
+            );
+            ensure!(u >= MIN_BATCH_GAIN * b, "batching saved too little: {} vs {} hypercalls", u, b);
+        }
+        (Some(u), _) => diag!(
+            "lazy mmu: {} PTE writes: {} exits unbatched: entry writes do not trap here, tables compared only",
+            CONFORMANCE_PAGES,
+            u
+        ),
+        _ => diag!("lazy mmu: {} PTE writes: no counter here, tables compared only", CONFORMANCE_PAGES),
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod mem;
 mod mmu;
 mod pv;
 mod smp;
+mod speed;
 mod time;
 mod trap;
 
@@ -81,6 +82,7 @@ pub fn all() -> impl Iterator<Item = &'static Test> {
         .chain(smp::TESTS)
         .chain(kvm::TESTS)
         .chain(bench::TESTS)
+        .chain(speed::TESTS)
 }
 
 /// Runs every test whose name starts with `filter`; returns the number failed.
@@ -88,8 +90,16 @@ pub fn run(ctx: &mut Ctx, filter: &str) -> usize {
     let count = all().filter(|t| t.name.starts_with(filter)).count();
     tap::line(format_args!("1..{}", count));
     let mut failed = 0;
+    let durations = crate::cmdline_value(ctx.boot.cmdline(), "pvkernel.durations") == Some("1");
+    let (start, mut marks) = (paravirt::time::clock_ns(), 0);
     for (i, t) in all().filter(|t| t.name.starts_with(filter)).enumerate() {
-        let outcome = match (t.run)(ctx) {
+        let t0 = paravirt::time::clock_ns();
+        let result = (t.run)(ctx);
+        let took = paravirt::time::clock_ns() - t0;
+        if t.name == "time.clock_marks_for_the_host" {
+            marks += took;
+        }
+        let outcome = match result {
             Ok(()) => Outcome::Pass,
             Err(Failure::Skip(why)) => Outcome::Skip(why),
             Err(Failure::Fail(msg)) => {
@@ -98,6 +108,15 @@ pub fn run(ctx: &mut Ctx, filter: &str) -> usize {
             }
         };
         tap::result(i + 1, t.name, &outcome);
+        if durations {
+            crate::diag!("duration {} {} us", t.name, took / 1000);
+        }
     }
+    let total = paravirt::time::clock_ns() - start;
+    crate::diag!(
+        "suite: {} ms, {} ms of it waiting in time.clock_marks_for_the_host",
+        total / 1_000_000,
+        marks / 1_000_000
+    );
     failed
 }

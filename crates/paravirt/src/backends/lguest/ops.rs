@@ -21,7 +21,7 @@
 //! | mmu.read_cr3, write_cr3 | cached root; `NEW_PGTABLE` |
 //! | mmu.set_pte, pte_clear | store, then `SET_PTE(root, va, pte)` |
 //! | mmu.set_pmd, set_pud, set_p4d | store, then `SET_PMD` / `SET_PUD` (new) / `SET_PGD` (table, index) |
-//! | mmu.flush_tlb_all, flush_tlb_one | `FLUSH_TLB(1)`; `SET_PTE(root, va, 0)` (4.13's `flush_tlb_single`) |
+//! | mmu.flush_tlb_all, flush_tlb_one | `FLUSH_TLB(1)`; `SET_PTE(root, va, 0)` (4.13's `flush_tlb_single`), nothing right after a `set_pte` of the same address (that call already flushed it) |
 //! | mmu.flush_tlb_multi | the local flush (one CPU) |
 //! | mmu.lazy_* | calls go into the async ring; leaving or flushing is one `FLUSH_ASYNC` |
 //! | time.tsc_khz | `lguest_data.tsc_khz` |
@@ -287,23 +287,35 @@ extern "C" fn read_cr3() -> u64 {
 
 unsafe extern "C" fn write_cr3(root: u64) {
     CR3.store(root, Ordering::Relaxed);
-    call(hcall::NEW_PGTABLE, root, 0, 0);
+    mmu_call(hcall::NEW_PGTABLE, root, 0, 0);
 }
 
 fn root() -> u64 {
     CR3.load(Ordering::Relaxed) & !0xfff
 }
 
+/// The address the last `SET_PTE` named, when nothing has been sent since:
+/// a flush of it would only repeat the `invlpg` that call already asked for.
+static JUST_SET: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Sends an mmu call, forgetting which address was just set.
+fn mmu_call(nr: u64, a1: u64, a2: u64, a3: u64) {
+    JUST_SET.store(u64::MAX, Ordering::Relaxed);
+    call(nr, a1, a2, a3);
+}
+
 unsafe extern "C" fn set_pte(entry: *mut u64, value: u64, va: u64) {
     // SAFETY: the caller guarantees a live page-table entry.
     unsafe { entry.write_volatile(value) };
     call(hcall::SET_PTE, root(), va, value);
+    JUST_SET.store(va & !0xfff, Ordering::Relaxed);
 }
 
 unsafe extern "C" fn pte_clear(entry: *mut u64, va: u64) {
     // SAFETY: as set_pte.
     unsafe { entry.write_volatile(0) };
     call(hcall::SET_PTE, root(), va, 0);
+    JUST_SET.store(va & !0xfff, Ordering::Relaxed);
 }
 
 /// An upper-level entry: the store, then (table page, index) to the host.
@@ -311,7 +323,7 @@ fn set_upper(nr: u64, entry: *mut u64, value: u64) {
     // SAFETY: the caller guarantees a live page-table entry.
     unsafe { entry.write_volatile(value) };
     let pa = crate::virt_to_phys(entry as u64);
-    call(nr, pa & !0xfff, (pa & 0xfff) / 8, 0);
+    mmu_call(nr, pa & !0xfff, (pa & 0xfff) / 8, 0);
 }
 
 unsafe extern "C" fn set_pmd(entry: *mut u64, value: u64) {
@@ -327,11 +339,16 @@ unsafe extern "C" fn set_p4d(entry: *mut u64, value: u64) {
 }
 
 extern "C" fn flush_tlb_all() {
-    call(hcall::FLUSH_TLB, 1, 0, 0);
+    mmu_call(hcall::FLUSH_TLB, 1, 0, 0);
 }
 
+/// 4.13's `flush_tlb_single`: `SET_PTE(root, va, 0)`, which makes pvrun drop
+/// the translation. Right after a `set_pte` of the same address it would
+/// only repeat that call's `invlpg`, so it is skipped.
 extern "C" fn flush_tlb_one(va: u64) {
-    call(hcall::SET_PTE, root(), va, 0);
+    if JUST_SET.load(Ordering::Relaxed) != va & !0xfff {
+        mmu_call(hcall::SET_PTE, root(), va, 0);
+    }
 }
 
 /// One CPU: the local flush, page by page for a short range.
