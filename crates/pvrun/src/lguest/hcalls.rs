@@ -23,6 +23,11 @@ const PRESENT: u64 = 1;
 const HUGE: u64 = 1 << 7;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
+/// Whether `va` is a canonical 48-bit address (the CPU faults on any other).
+pub(super) fn canonical(va: u64) -> bool {
+    (va as i64) << 16 >> 16 == va as i64
+}
+
 /// Size of `struct lguest_data`.
 const DATA_SIZE: u64 = std::mem::size_of::<pvabi::lguest::LguestData>() as u64;
 
@@ -173,8 +178,8 @@ impl Lguest {
         if g.kind != GATE_INTERRUPT && g.kind != GATE_TRAP {
             die!("LOAD_IDT_ENTRY {vector}: gate type {:#x} is neither interrupt nor trap", g.kind);
         }
-        if g.offset >= SWITCHER_ADDR {
-            die!("LOAD_IDT_ENTRY {vector}: handler {:#x} in the switcher's range", g.offset);
+        if g.offset >= SWITCHER_ADDR || !canonical(g.offset) {
+            die!("LOAD_IDT_ENTRY {vector}: handler {:#x} in the switcher's range or not canonical", g.offset);
         }
         self.idt[vector as usize] =
             Some(Handler { address: g.offset, interrupt_gate: g.kind == GATE_INTERRUPT });
@@ -202,6 +207,9 @@ impl Lguest {
     fn set_pte(&mut self, va: u64, pte: u64) -> Result<(), Death> {
         if va >= SWITCHER_ADDR {
             die!("SET_PTE for {va:#x}, in the switcher's range");
+        }
+        if !canonical(va) {
+            die!("SET_PTE for {va:#x}, not a canonical address");
         }
         self.check_entry("SET_PTE", pte, PAGE)?;
         self.complete(Completion::Invlpg(va));

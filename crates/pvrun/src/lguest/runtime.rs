@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::kvm_regs;
 
 use super::clock::nap;
+use super::hcalls::canonical;
 use super::switcher::{HCALL_PORT, TRAP_PORT};
 use super::traps::{CpuAccess, Resume};
 use super::{Completion, Lguest, Next, Usage};
@@ -144,11 +145,6 @@ impl ServedAbi for LguestVcpu {
 
 /// CR2 and the MSRs pvrun serves, from the vCPU through KVM.
 struct KvmCpu<'a>(&'a mut Vcpu);
-
-/// Whether `v` is a canonical 48-bit address (a base the CPU would accept).
-fn canonical(v: u64) -> bool {
-    (v as i64) << 16 >> 16 == v as i64
-}
 
 impl CpuAccess for KvmCpu<'_> {
     fn cr2(&mut self) -> u64 {

@@ -131,6 +131,7 @@ fn invalid_calls_are_sudden_death() {
         (hcall::CONSOLE_WRITE, [0x1000, 4097, 0, 0], "CONSOLE_WRITE of 4097 bytes"),
         (hcall::SHUTDOWN, [MEM - 2, 1, 0, 0], "runs outside guest RAM"),
         (hcall::SET_PTE, [0, 0x1000, (1 << 40) | 1, 0], "beyond guest RAM"),
+        (hcall::SET_PTE, [0, 0x8000_0000_0000, 0, 0], "not a canonical address"),
     ];
     for (nr, args, reason) in cases {
         let (mut lg, _mem) = guest();

@@ -89,10 +89,10 @@ impl Lguest {
             },
             Resume::Frame(va) => Context {
                 rip: self.stack_word(va)?,
-                cs: self.stack_word(va + 8)?,
-                rflags: self.stack_word(va + 16)?,
-                rsp: self.stack_word(va + 24)?,
-                ss: self.stack_word(va + 32)?,
+                cs: self.stack_word(va.wrapping_add(8))?,
+                rflags: self.stack_word(va.wrapping_add(16))?,
+                rsp: self.stack_word(va.wrapping_add(24))?,
+                ss: self.stack_word(va.wrapping_add(32))?,
             },
         })
     }
@@ -102,7 +102,7 @@ impl Lguest {
             Resume::Regs => (regs.rip, regs.rsp, regs.rflags) = (ctx.rip, ctx.rsp, ctx.rflags),
             Resume::Frame(va) => {
                 for (i, w) in [ctx.rip, ctx.cs, ctx.rflags, ctx.rsp, ctx.ss].into_iter().enumerate() {
-                    match self.switcher_stack(va + 8 * i as u64) {
+                    match self.switcher_stack(va.wrapping_add(8 * i as u64)) {
                         Some(pa) => self.write_phys(pa, w)?,
                         None => die!("the switcher's stack pointer {va:#x} left its stack"),
                     }
@@ -156,8 +156,8 @@ impl Lguest {
     pub fn trap(&mut self, regs: &mut kvm_regs, cpu: &mut dyn CpuAccess) -> Result<(), Death> {
         let vector = self.stack_word(regs.rsp)? as u8;
         let with_error = vector < 32 && has_error_code(vector);
-        let error = if with_error { Some(self.stack_word(regs.rsp + 8)?) } else { None };
-        let frame = regs.rsp + 8 + if with_error { 8 } else { 0 };
+        let error = if with_error { Some(self.stack_word(regs.rsp.wrapping_add(8))?) } else { None };
+        let frame = regs.rsp.wrapping_add(if with_error { 16 } else { 8 });
         let at = Resume::Frame(frame);
         let mut ctx = self.load(regs, at)?;
         regs.rsp = frame;
