@@ -1,5 +1,5 @@
 //! ABI definitions shared by the VMM (`pvrun`) and the kernel (`pvkernel`): the
-//! public PVH boot structures, the Xen PV ELF notes, the lguest64 ABI pvrun serves,
+//! public PVH boot structures, the Xen PV ELF notes, the lguest64 and VMI/64 ABIs pvrun serves,
 //! and the project's own bench-marker port protocol.
 //! `no_std`, no dependencies: plain `repr(C)` structs and constants.
 #![no_std]
@@ -9,4 +9,5 @@
 pub mod bench;
 pub mod lguest;
 pub mod pvh;
+pub mod vmi;
 pub mod xen_pv;
