@@ -15,7 +15,8 @@
 //! | power | [`power`] | shutdown and reboot |
 //!
 //! A *backend* maps the API onto one hypervisor's ABI ([`backends`]); the native
-//! backend maps it onto the bare instructions. At boot, [`init`] probes every
+//! backend maps it onto the bare instructions; the VMI backend onto code the
+//! hypervisor ships in an option ROM. At boot, [`init`] probes every
 //! backend, installs the winner's ops over the native defaults, and patches every
 //! call site: native ops with a short form become the instruction itself, inline;
 //! the rest become direct calls.
@@ -72,7 +73,9 @@ pub struct InitParams<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootFlow {
     /// Entered at ring 0 on (possibly virtualized) hardware: PVH, multiboot, a
-    /// VMM's direct entry. The backend is chosen by probing.
+    /// VMM's direct entry. The backend is chosen by probing; the kernel must
+    /// have the first MiB mapped at its physical address (the VMI probe reads
+    /// the option-ROM window 0xC0000–0xDFFFF there, and may call into it).
     Hardware,
     /// Entered by Xen's PV domain builder in ring 3: only the Xen backend can run
     /// the kernel (`start_info` is the virtual address Xen passed in `rsi`).
@@ -143,15 +146,15 @@ pub struct Selection<'a> {
 }
 
 impl Selection<'_> {
-    /// How `op` is served: `native-inline`, `native`, or the backend's name (and
-    /// `indirect` when sites were not patched).
+    /// How `op` is served: `native-inline`, `native`, the backend's name, or
+    /// what the backend calls its own patch (`lguest-inline`, `vmi(call)`);
+    /// `indirect` when sites were not patched.
     pub fn implementation(&self, op: Op) -> &'static str {
         let backend = self.decision.backend;
         let inline = op.info().native_inline.is_some();
         match (self.patched.is_some(), self.provided.contains(op)) {
             (false, _) => "indirect",
-            (true, true) if (backend.patch)(op).is_some() => backend.inline_name,
-            (true, true) => backend.name,
+            (true, true) => (backend.patch)(op).map_or(backend.name, backend.patched_name),
             (true, false) if inline => "native-inline",
             (true, false) => "native",
         }

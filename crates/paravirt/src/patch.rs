@@ -9,7 +9,8 @@
 //! * native op with a short native form → the native bytes inline. Padding goes in
 //!   front as redundant `ds` (0x3e) prefixes on the first instruction, not as NOPs,
 //!   so the patched site executes exactly the instructions the raw sequence does;
-//! * anything else → `call rel32` straight to the implementation, then one NOP.
+//! * anything else → `call rel32` straight to the implementation, then one NOP;
+//! * an op the backend says does nothing (a VMI ROM's NOP relocation) → NOPs.
 //!
 //! The kernel's linker script must keep `.pv_sites` between `__pv_sites_start` and
 //! `__pv_sites_end`.
@@ -146,6 +147,9 @@ pub enum Patch {
     Call(u64),
     /// A direct jump to this address (a site that never returns: `cpu.iret`).
     Jump(u64),
+    /// Nothing: the site becomes NOPs (an op without a result that the
+    /// backend says has no effect, e.g. a VMI ROM's NOP relocation).
+    Nop,
 }
 
 /// Why a site could not be encoded.
@@ -201,6 +205,12 @@ pub fn encode(site: u64, len: usize, patch: Patch) -> Result<([u8; MAX_SITE_LEN]
             out[1..5].copy_from_slice(&rel.to_le_bytes());
             out[5..len].copy_from_slice(nop(len - DIRECT_CALL_LEN));
         }
+        Patch::Nop => {
+            // At most two instructions: the longest NOP is 9 bytes.
+            let first = len.min(9);
+            out[..first].copy_from_slice(nop(first));
+            out[first..len].copy_from_slice(nop(len - first));
+        }
     }
     Ok((out, len))
 }
@@ -247,7 +257,7 @@ pub fn sites() -> &'static [SiteRecord] {
 /// What patching did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PatchStats {
-    /// Sites rewritten to inline native bytes.
+    /// Sites rewritten to inline bytes (native, a backend's own, or NOPs).
     pub inline: usize,
     /// Sites rewritten to a direct call.
     pub call: usize,
@@ -283,7 +293,7 @@ pub unsafe fn apply(decide: impl Fn(Op) -> Patch) -> PatchStats {
                 // no CPU executes it now (caller's contract).
                 unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, len) };
                 match patch {
-                    Patch::Inline(_) | Patch::InlineRel { .. } => stats.inline += 1,
+                    Patch::Inline(_) | Patch::InlineRel { .. } | Patch::Nop => stats.inline += 1,
                     Patch::Call(_) | Patch::Jump(_) => stats.call += 1,
                 }
             }
@@ -348,6 +358,15 @@ mod tests {
     fn jump_is_rel32_then_one_nop() {
         let (b, n) = encode(0x1000, 6, Patch::Jump(0x2000)).unwrap();
         assert_eq!(&b[..n], &[0xe9, 0xfb, 0x0f, 0x00, 0x00, 0x90]);
+    }
+
+    #[test]
+    fn nop_fills_the_site_with_at_most_two_instructions() {
+        let (b, n) = encode(0x1000, 6, Patch::Nop).unwrap();
+        assert_eq!(&b[..n], nop(6));
+        let (b, n) = encode(0x1000, 15, Patch::Nop).unwrap();
+        assert_eq!(&b[..9], nop(9));
+        assert_eq!(&b[9..n], nop(6));
     }
 
     #[test]

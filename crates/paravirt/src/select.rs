@@ -140,16 +140,75 @@ pub struct Backend {
     pub memory_map: fn(&mut [crate::MemoryRange]) -> usize,
     /// Starts a secondary CPU through the hypervisor (see [`crate::start_cpu`]).
     pub start_cpu: fn(u32, u64, u64) -> crate::StartCpu,
-    /// The backend's own inline form for an op it provides, if it has one (a
-    /// call otherwise); called after `install`.
+    /// The backend's own patch for an op it provides, if it has one (a call
+    /// to the op table's function otherwise); called after `install`.
     pub patch: fn(Op) -> Option<crate::patch::Patch>,
-    /// How `# op` lines name an op this backend serves inline.
-    pub inline_name: &'static str,
+    /// How `# op` lines name an op this backend serves with its own patch.
+    pub patched_name: fn(crate::patch::Patch) -> &'static str,
+    /// What the probe found of the backend's hypervisor and refused, and why
+    /// (a VMI ROM with a bad checksum, ...); `None` when it refused nothing.
+    pub refusal: fn() -> Option<Note>,
 }
 
 impl Backend {
-    /// Ops served inline by no backend.
-    pub const NO_INLINE: fn(Op) -> Option<crate::patch::Patch> = |_| None;
+    /// Ops served with their own patch by no backend.
+    pub const NO_PATCH: fn(Op) -> Option<crate::patch::Patch> = |_| None;
+    /// Nothing refused.
+    pub const NO_REFUSAL: fn() -> Option<Note> = || None;
+}
+
+/// A short text a backend keeps without a heap (at most [`Note::CAPACITY`]
+/// bytes; longer text is cut).
+#[derive(Clone, Copy)]
+pub struct Note {
+    bytes: [u8; Note::CAPACITY],
+    len: usize,
+}
+
+impl Note {
+    /// Most bytes a note holds.
+    pub const CAPACITY: usize = 120;
+
+    /// An empty note.
+    pub const fn new() -> Note {
+        Note { bytes: [0; Note::CAPACITY], len: 0 }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match core::str::from_utf8(&self.bytes[..self.len]) {
+            Ok(s) => s,
+            // Cut inside a character: keep the whole ones.
+            Err(e) => core::str::from_utf8(&self.bytes[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+}
+
+impl Default for Note {
+    fn default() -> Self {
+        Note::new()
+    }
+}
+
+impl core::fmt::Write for Note {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(Note::CAPACITY - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+impl core::fmt::Display for Note {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl core::fmt::Debug for Note {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// A short description of the ABI a backend found (`kvm-pv features=0x...`).
@@ -357,7 +416,13 @@ pub(crate) mod tests {
     #[test]
     fn unknown_override_falls_back_with_a_reason() {
         let t = FakeCpuid::bare().with_hv(0x4000_0000, KVM, 0x4000_0001);
-        assert_eq!(pick(&t, Some("vmi")), ("kvm", Some(OverrideProblem::Unknown("vmi"))));
+        assert_eq!(pick(&t, Some("bogus")), ("kvm", Some(OverrideProblem::Unknown("bogus"))));
+    }
+
+    #[test]
+    fn vmi_without_its_rom_is_unavailable() {
+        let t = FakeCpuid::bare().with_hv(0x4000_0000, KVM, 0x4000_0001);
+        assert_eq!(pick(&t, Some("vmi")), ("kvm", Some(OverrideProblem::Unavailable("vmi"))));
     }
 
     #[test]
@@ -375,6 +440,20 @@ pub(crate) mod tests {
         assert!(d.by_override && d.problem.is_none());
         let d = only(xen, 100, Some("kvm"));
         assert_eq!((d.backend.name, d.problem), ("xen", Some(OverrideProblem::Unavailable("kvm"))));
+    }
+
+    #[test]
+    fn notes_keep_what_fits() {
+        use core::fmt::Write;
+        let mut n = Note::new();
+        let why = "bad checksum";
+        write!(n, "ROM at {:#x}: {why}", 0xc0000).unwrap();
+        assert_eq!(n.as_str(), "ROM at 0xc0000: bad checksum");
+        let mut long = Note::new();
+        for _ in 0..50 {
+            long.write_str("αβγ").unwrap();
+        }
+        assert!(long.as_str().len() <= Note::CAPACITY && long.as_str().ends_with('γ'));
     }
 
     #[test]

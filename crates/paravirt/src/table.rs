@@ -52,6 +52,20 @@ impl PvOps {
         // the offset of one of them (checked by the patch tests).
         unsafe { core::ptr::read((self as *const PvOps as *const u8).add(op.info().offset) as *const u64) }
     }
+
+    /// Makes the code at `address` serve `op` (a backend whose hypervisor
+    /// hands it code addresses: a VMI ROM's calls).
+    ///
+    /// # Safety
+    /// `address` must be a function with `op`'s signature and calling
+    /// convention (`extern "C"`, as the op's field has it).
+    pub unsafe fn set_target(&mut self, op: Op, address: u64) {
+        // SAFETY: as in `target`, `offset` is the offset of `op`'s function
+        // pointer; the caller vouches for what it now points at.
+        unsafe {
+            core::ptr::write((self as *mut PvOps as *mut u8).add(op.info().offset) as *mut u64, address)
+        }
+    }
 }
 
 /// Holder of the global table.

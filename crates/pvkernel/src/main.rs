@@ -88,7 +88,7 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
         tap::bail_out(format_args!("heap: {}", e));
     }
 
-    let p = platform::detect(boot.flow);
+    let p = platform::detect(boot.flow, selection.decision.backend.name);
     let abi = selection.abi;
     diag!(
         "platform: {}  backend: {}  abi: {}{}  boot: {} v{}  hv: \"{}\"  mem: {} MiB",
@@ -113,6 +113,11 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
             diag!("pv={}: backend not detected here; selected by probing", n)
         }
         None => {}
+    }
+    for b in paravirt::backends::BACKENDS {
+        if let Some(why) = (b.refusal)() {
+            diag!("probe {}: {}", b.name, why);
+        }
     }
     match selection.patched {
         Some(s) => diag!("patched: {} inline, {} call, {} skipped", s.inline, s.call, s.skipped),

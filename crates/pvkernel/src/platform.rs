@@ -4,7 +4,7 @@ use paravirt::cpu;
 
 /// What we found.
 pub struct Platform {
-    /// Short name: kvm, tcg, xen, hyperv, vmware, lguest, bare, or `unknown`.
+    /// Short name: kvm, tcg, xen, hyperv, vmware, lguest, vmi, bare, or `unknown`.
     pub name: &'static str,
     /// The raw 12-byte signature at 0x40000000 (zeros when none).
     pub signature: [u8; 12],
@@ -19,10 +19,13 @@ impl Platform {
 }
 
 /// Reads the hypervisor signature; an lguest guest knows its host from the boot
-/// flow (the ABI has no CPUID signature, as lguest had none).
-pub fn detect(flow: paravirt::BootFlow) -> Platform {
+/// flow and a VMI guest from its ROM (neither ABI has a CPUID signature).
+pub fn detect(flow: paravirt::BootFlow, backend: &str) -> Platform {
     if let paravirt::BootFlow::Lguest { .. } = flow {
         return Platform { name: "lguest", signature: [0; 12] };
+    }
+    if backend == "vmi" {
+        return Platform { name: "vmi", signature: [0; 12] };
     }
     let hypervisor_bit = cpu::cpuid(1, 0).ecx & (1 << 31) != 0;
     if !hypervisor_bit {

@@ -7,7 +7,9 @@ pub mod kvm;
 pub mod lguest;
 pub mod native;
 pub mod pvclock;
+pub mod vmi;
 pub mod xen;
 
 /// Every backend, native first.
-pub static BACKENDS: &[Backend] = &[native::BACKEND, kvm::BACKEND, xen::BACKEND, lguest::BACKEND];
+pub static BACKENDS: &[Backend] =
+    &[native::BACKEND, kvm::BACKEND, xen::BACKEND, lguest::BACKEND, vmi::BACKEND];

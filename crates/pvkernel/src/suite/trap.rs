@@ -17,7 +17,7 @@ fn page_fault(_: &mut Ctx) -> TestResult {
         Ok(v) => Err(alloc::format!("read of unmapped {:#x} returned {:#x}", va, v).into()),
         Err(f) => {
             ensure!(f.vector == 14, "expected #PF (14), got vector {}", f.vector);
-            if f.cr2 == 0 && crate::platform::detect(paravirt::BootFlow::Hardware).name == "xen" {
+            if f.cr2 == 0 && crate::platform::detect(paravirt::BootFlow::Hardware, "").name == "xen" {
                 // QEMU's emulation of nested SVM returns Xen's stale CR2 copy to a
                 // guest `mov rax, cr2`; vector and error code still prove the fault.
                 crate::diag!("CR2 read 0 (Xen on an emulated SVM); checked vector and error code only");

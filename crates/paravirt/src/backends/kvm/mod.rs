@@ -16,6 +16,7 @@ pub const BACKEND: Backend = Backend {
     init_cpu: ops::init_cpu,
     memory_map: |_| 0,
     start_cpu: |_, _, _| crate::StartCpu::Unsupported,
-    patch: Backend::NO_INLINE,
-    inline_name: "kvm",
+    patch: Backend::NO_PATCH,
+    patched_name: |_| "kvm",
+    refusal: Backend::NO_REFUSAL,
 };

@@ -29,5 +29,6 @@ pub const BACKEND: Backend = Backend {
     memory_map: |_| 0,
     start_cpu: |_, _, _| crate::StartCpu::Unsupported,
     patch: ops::patch,
-    inline_name: "lguest-inline",
+    patched_name: |_| "lguest-inline",
+    refusal: Backend::NO_REFUSAL,
 };

@@ -18,8 +18,9 @@ pub const BACKEND: Backend = Backend {
     init_cpu: |_| {},
     memory_map: |_| 0,
     start_cpu: |_, _, _| crate::StartCpu::Unsupported,
-    patch: Backend::NO_INLINE,
-    inline_name: "native-inline",
+    patch: Backend::NO_PATCH,
+    patched_name: |_| "native-inline",
+    refusal: Backend::NO_REFUSAL,
 };
 
 fn install(_: &InitEnv, _: &mut PvOps) -> (OpSet, AbiLine) {

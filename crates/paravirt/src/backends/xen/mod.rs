@@ -25,8 +25,9 @@ pub const BACKEND: Backend = Backend {
     init_cpu: |_| {},
     memory_map,
     start_cpu,
-    patch: Backend::NO_INLINE,
-    inline_name: "xen",
+    patch: Backend::NO_PATCH,
+    patched_name: |_| "xen",
+    refusal: Backend::NO_REFUSAL,
 };
 
 fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
