@@ -12,17 +12,22 @@ const AFTER_HELP: &str = "\
 The guest's serial port (COM1) is copied to stdout, line by line.
 
 Exit status:
-  (v << 1) | 1  the guest wrote v to port 0xf4 (QEMU isa-debug-exit): always odd
-  0             the guest wrote 0xfe to port 0x64 (keyboard-controller reset), or
-                an lguest guest asked for a restart; stderr says 'pvrun: guest
-                requested a reset'. Or an lguest guest powered off (SHUTDOWN);
-                stderr says 'pvrun: guest powered off: <reason>'. Also --probe-host
+  (v << 1) | 1  the guest wrote v to port 0xf4 (QEMU isa-debug-exit), or a VMI
+                guest called Shutdown(v): always odd
+  0             the guest wrote 0xfe to port 0x64 (keyboard-controller reset),
+                an lguest guest asked for a restart, or a VMI guest called
+                Reboot; stderr says 'pvrun: guest requested a reset'. Or an
+                lguest guest powered off (SHUTDOWN); stderr says 'pvrun: guest
+                powered off: <reason>'. Also --probe-host
   2             bad input: arguments, kernel file, memory size, --cpus,
                 --cpuid-mask, command line; --personality lguest with a kernel
-                that has no lguest64 entry or speaks another ABI major version
+                that has no lguest64 entry or speaks another ABI major version;
+                --vmi-rom/--vmi-corrupt without --personality vmi, or the trap
+                ROM with more than one vCPU
   4             the guest crashed: triple fault, KVM internal error, failed entry
                 (the message names the vCPU: 'vCPU 1: triple fault ...'); or an
-                lguest guest broke the ABI ('guest killed: vCPU 0: lguest: ...')
+                lguest or VMI guest broke the ABI ('guest killed: vCPU 0:
+                lguest: ...', '... vmi: ...')
   6             KVM unavailable: device missing, permission denied, not KVM,
                 wrong API version or a missing capability
   70            pvrun itself failed (e.g. could not allocate guest memory)
@@ -104,8 +109,9 @@ pub struct Cli {
 
     /// What the guest sees of the hypervisor: kvm (KVM's CPUID leaves
     /// 0x40000000/1, minus cleared bits), none (no hypervisor bit, no
-    /// 0x400000xx leaves) or lguest (the kernel runs in ring 3 at its lguest64
-    /// entry, served lguest's hypercalls; one vCPU; docs/abi/lguest.md)
+    /// 0x400000xx leaves), lguest (the kernel runs in ring 3 at its lguest64
+    /// entry, served lguest's hypercalls; one vCPU; docs/abi/lguest.md) or
+    /// vmi (a VMI/64 option ROM at 0xC0000; docs/abi/vmi.md)
     #[arg(long, value_name = "NAME", value_enum, default_value_t = Personality::Kvm)]
     pub personality: Personality,
 
@@ -118,6 +124,17 @@ pub struct Cli {
     /// hypercalls do not return: the hypercall-based KVM features are cleared
     #[arg(long)]
     pub no_hypercall_probe: bool,
+
+    /// Personality vmi: how the ROM's calls are done: trap (an exit to pvrun
+    /// per call; one vCPU) or native (the native instructions, inside the ROM)
+    #[arg(long, value_name = "FLAVOUR", value_enum)]
+    pub vmi_rom: Option<crate::vmi::Flavour>,
+
+    /// Personality vmi: build a defect into the ROM, to test that the guest
+    /// refuses it: checksum, major (version 3), signature (no "cVmi"), reloc
+    /// (get_reloc answers outside the ROM)
+    #[arg(long, value_name = "DEFECT", value_enum)]
+    pub vmi_corrupt: Option<crate::vmi::Corruption>,
 
     /// Print what the host offers (KVM version, capabilities, CPUID, the
     /// hypercall probe) and what pvrun would advertise, then exit 0
@@ -156,6 +173,8 @@ impl Cli {
             personality: self.personality,
             cpuid_mask: self.cpuid_mask.iter().fold(0, |m, b| m | b),
             hypercall_probe: !self.no_hypercall_probe,
+            vmi_rom: self.vmi_rom,
+            vmi_corrupt: self.vmi_corrupt,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::cpuid::Personality;
 use crate::layout;
 use crate::pvh::{self, BootInfoError};
+use crate::vmi::{Corruption, Flavour};
 
 /// Longest accepted timeout (one day): keeps `Instant + timeout` finite.
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
@@ -37,6 +38,11 @@ pub struct VmConfig {
     /// if false, hypercalls are assumed to hang and the hypercall-based
     /// features are hidden.
     pub hypercall_probe: bool,
+    /// Personality vmi: how the ROM's calls are done (`None`: the trap
+    /// flavour, the default).
+    pub vmi_rom: Option<Flavour>,
+    /// Personality vmi: a defect to build into the ROM (for testing guests).
+    pub vmi_corrupt: Option<Corruption>,
 }
 
 impl VmConfig {
@@ -53,7 +59,14 @@ impl VmConfig {
             personality: Personality::Kvm,
             cpuid_mask: 0,
             hypercall_probe: true,
+            vmi_rom: None,
+            vmi_corrupt: None,
         }
+    }
+
+    /// The VMI ROM's flavour (personality vmi).
+    pub fn vmi_flavour(&self) -> Flavour {
+        self.vmi_rom.unwrap_or(Flavour::Trap)
     }
 
     /// Guest RAM in bytes.
@@ -72,6 +85,12 @@ impl VmConfig {
         }
         if self.personality == Personality::Lguest && self.cpus != 1 {
             return Err(ConfigError::LguestIsUniprocessor { cpus: self.cpus });
+        }
+        if self.personality != Personality::Vmi && (self.vmi_rom.is_some() || self.vmi_corrupt.is_some()) {
+            return Err(ConfigError::VmiOptionWithoutVmi { personality: self.personality.name() });
+        }
+        if self.personality == Personality::Vmi && self.vmi_flavour() == Flavour::Trap && self.cpus != 1 {
+            return Err(ConfigError::VmiTrapIsUniprocessor { cpus: self.cpus });
         }
         pvh::check_cmdline(&self.cmdline)?;
         if self.timeout.is_zero() || self.timeout > TIMEOUT_MAX {
@@ -103,6 +122,21 @@ pub enum ConfigError {
     /// lguest (its async ring, its interrupt model) is uniprocessor.
     #[error("--personality lguest runs one vCPU (lguest is uniprocessor); got --cpus {cpus}")]
     LguestIsUniprocessor {
+        /// The rejected count.
+        cpus: u32,
+    },
+    /// `--vmi-rom` or `--vmi-corrupt` without `--personality vmi`.
+    #[error("--vmi-rom and --vmi-corrupt need --personality vmi (got --personality {personality})")]
+    VmiOptionWithoutVmi {
+        /// The personality given.
+        personality: &'static str,
+    },
+    /// The trap flavour's ROM keeps one data page (lazy mode, queue).
+    #[error(
+        "--personality vmi with the trap ROM runs one vCPU (its ROM keeps one data page); \
+         got --cpus {cpus} (--vmi-rom native runs any number)"
+    )]
+    VmiTrapIsUniprocessor {
         /// The rejected count.
         cpus: u32,
     },
@@ -166,6 +200,19 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "vCPU count 9 is out of range: --cpus must be between 1 and 8"
         );
+    }
+
+    #[test]
+    fn vmi_options_need_the_vmi_personality() {
+        let c = VmConfig { vmi_rom: Some(Flavour::Native), ..VmConfig::new("k") };
+        assert!(matches!(c.validate(), Err(ConfigError::VmiOptionWithoutVmi { personality: "kvm" })));
+        let vmi = VmConfig { personality: Personality::Vmi, ..VmConfig::new("k") };
+        vmi.validate().unwrap();
+        assert_eq!(vmi.vmi_flavour(), Flavour::Trap);
+        let c = VmConfig { cpus: 2, ..vmi.clone() };
+        assert!(matches!(c.validate(), Err(ConfigError::VmiTrapIsUniprocessor { cpus: 2 })));
+        let c = VmConfig { cpus: 2, vmi_rom: Some(Flavour::Native), ..vmi };
+        c.validate().unwrap();
     }
 
     #[test]

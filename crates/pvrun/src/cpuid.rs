@@ -73,6 +73,10 @@ pub enum Personality {
     /// set, no leaf in 0x40000000..=0x400000ff (lguest had no signature; the
     /// boot flow tells the kernel). One vCPU.
     Lguest,
+    /// VMI/64: a VMI option ROM at 0xC0000 serves the kernel's privileged
+    /// operations (see `docs/abi/vmi.md`). CPUID.1:ECX bit 31 set, no leaf in
+    /// 0x40000000..=0x400000ff (VMI announced itself by its ROM).
+    Vmi,
 }
 
 impl Personality {
@@ -82,6 +86,7 @@ impl Personality {
             Personality::Kvm => "kvm",
             Personality::None => "none",
             Personality::Lguest => "lguest",
+            Personality::Vmi => "vmi",
         }
     }
 }
@@ -138,14 +143,14 @@ pub struct CpuidSpec {
 ///   set otherwise;
 /// * leaves 0xB and 0x1F (every subleaf present): EDX = x2APIC ID;
 /// * personality kvm: CPUID 0x40000001 EAX minus `kvm_features_clear`;
-/// * personalities none and lguest: every leaf in 0x40000000..=0x400000ff dropped.
+/// * personalities none, lguest and vmi: every leaf in 0x40000000..=0x400000ff dropped.
 pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec) -> Vec<kvm_cpuid_entry2> {
     let mut out = Vec::with_capacity(supported.len());
     for entry in supported {
         let mut e = *entry;
         let hypervisor_leaf = (HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function);
         match (e.function, spec.personality) {
-            (_, Personality::None | Personality::Lguest) if hypervisor_leaf => continue,
+            (_, Personality::None | Personality::Lguest | Personality::Vmi) if hypervisor_leaf => continue,
             (1, personality) => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(spec.cpus) << 16) | (u32::from(apic_id) << 24);
                 if spec.cpus > 1 {
@@ -180,6 +185,16 @@ pub fn signature(entry: &kvm_cpuid_entry2) -> String {
         bytes.pop();
     }
     bytes.iter().flat_map(|b| b.escape_ascii()).map(char::from).collect()
+}
+
+/// What `cpuid` answers for `leaf`, `subleaf` from `entries` (EAX, EBX, ECX,
+/// EDX; zeros for a leaf the table lacks).
+pub fn lookup(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> [u32; 4] {
+    let e = entries.iter().find(|e| {
+        e.function == leaf
+            && (e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+    });
+    e.map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
 }
 
 /// The entry for `function` (subleaf 0) in `entries`.

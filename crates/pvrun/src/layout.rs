@@ -113,6 +113,26 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// The memory slots of a guest of `mem_bytes` bytes: [`ram_regions`], with
+/// the range `rom` (start, length), if any, cut out of the first region as a
+/// slot of its own (which the VM makes read-only).
+pub fn memory_slots(mem_bytes: u64, rom: Option<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut slots = ram_regions(mem_bytes);
+    if let Some((start, len)) = rom {
+        let (first_start, first_len) = slots[0];
+        assert!(start > first_start && start + len < first_start + first_len, "the ROM lies inside low RAM");
+        slots.splice(
+            0..1,
+            [
+                (first_start, start - first_start),
+                (start, len),
+                (start + len, first_start + first_len - start - len),
+            ],
+        );
+    }
+    slots
+}
+
 // The fixed boot structures are in ascending order, do not overlap, and
 // stay below 1 MiB; KVM's TSS pages sit inside the MMIO gap.
 const _: () = {
@@ -133,6 +153,16 @@ mod tests {
     #[test]
     fn bench_magic_spells_pvbm() {
         assert_eq!(&BENCH_MAGIC.to_le_bytes(), b"pvbm");
+    }
+
+    #[test]
+    fn a_rom_gets_a_slot_of_its_own() {
+        assert_eq!(memory_slots(128 * MIB, None), vec![(0, 128 * MIB)]);
+        assert_eq!(
+            memory_slots(128 * MIB, Some((0xc_0000, 0x4000))),
+            vec![(0, 0xc_0000), (0xc_0000, 0x4000), (0xc_4000, 128 * MIB - 0xc_4000)]
+        );
+        assert_eq!(memory_slots(4 * GIB, Some((0xc_0000, 0x4000)))[3], (4 * GIB, GIB));
     }
 
     #[test]

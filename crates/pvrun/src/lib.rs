@@ -28,12 +28,14 @@ pub mod exit;
 pub mod layout;
 pub mod lguest;
 pub mod loader;
+pub mod paging;
 pub mod probe;
 pub mod pvh;
 pub mod runner;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;
+pub mod vmi;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -137,7 +139,12 @@ fn boot(
     *features = Some(plan);
 
     // lguest delivers interrupts itself: no in-kernel irqchip or PIT.
-    let vm = if lguest { Vm::new_bare(kvm, mem_bytes)? } else { Vm::new(kvm, mem_bytes)? };
+    // VMI's ROM is read-only to the guest, as a ROM is.
+    let vm = Arc::new(match config.personality {
+        Personality::Lguest => Vm::new_bare(kvm, mem_bytes)?,
+        Personality::Vmi => Vm::with_rom(kvm, mem_bytes, (vmi::rom::ROM_ADDRESS, vmi::rom::ROM_SPAN))?,
+        Personality::Kvm | Personality::None => Vm::new(kvm, mem_bytes)?,
+    });
     let entry = kernel.load(vm.memory())?;
     // Every vCPU exists before any is configured: on this repository's host,
     // an AP created after the BSP's state was set never receives the BSP's
@@ -152,7 +159,7 @@ fn boot(
     } else {
         let start_info =
             pvh::write_boot_info(vm.memory(), mem_bytes, &config.cmdline).map_err(SetupError::from)?;
-        for vcpu in &vcpus {
+        for vcpu in &mut vcpus {
             let index = vcpu.index();
             let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), index, &spec);
             if index == 0 {
@@ -160,7 +167,15 @@ fn boot(
             } else {
                 vcpu.configure_ap(&cpuid)?;
             }
-            abis.push(None);
+            let abi: Option<Box<dyn ServedAbi>> = match config.personality {
+                Personality::Vmi if index == 0 => {
+                    let served =
+                        vmi::runtime::setup(&vm, vcpu, cpuid, config.vmi_flavour(), config.vmi_corrupt)?;
+                    served.map(|s| Box::new(s) as Box<dyn ServedAbi>)
+                }
+                _ => None,
+            };
+            abis.push(abi);
         }
     }
 
@@ -188,5 +203,5 @@ fn boot(
     });
 
     let devices = Arc::new(Mutex::new(devices));
-    runner::run_vcpus(Arc::new(vm), vcpus.into_iter().zip(abis).collect(), devices, config.timeout)
+    runner::run_vcpus(vm, vcpus.into_iter().zip(abis).collect(), devices, config.timeout)
 }

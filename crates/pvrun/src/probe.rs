@@ -361,7 +361,7 @@ impl FeaturePlan {
     /// without `--no-hypercall-probe`.
     pub fn for_config(config: &VmConfig, supported: &[kvm_cpuid_entry2]) -> Self {
         let hypercalls = match (config.personality, config.hypercall_probe) {
-            (Personality::None | Personality::Lguest, _) => HypercallProbe::NotNeeded,
+            (Personality::None | Personality::Lguest | Personality::Vmi, _) => HypercallProbe::NotNeeded,
             (Personality::Kvm, false) => HypercallProbe::Skipped,
             (Personality::Kvm, true) => probe_hypercalls_cached(&config.kvm_path),
         };
@@ -378,7 +378,7 @@ impl FeaturePlan {
     pub fn advertised(&self) -> Option<u32> {
         match self.personality {
             Personality::Kvm => self.offered.map(|w| w & !self.clear_mask()),
-            Personality::None | Personality::Lguest => None,
+            Personality::None | Personality::Lguest | Personality::Vmi => None,
         }
     }
 }

@@ -100,6 +100,23 @@ pub trait ServedAbi: Send + std::fmt::Debug {
     fn before_run(&mut self, vcpu: &mut Vcpu, ctx: &RunCtx) -> Result<Flow, GuestError>;
 }
 
+/// Why pvrun ends a guest that broke its served ABI (lguest's "sudden
+/// death"): one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Death(pub String);
+
+impl std::fmt::Display for Death {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Ends the current call or trap with a [`Death`].
+macro_rules! die {
+    ($($arg:tt)*) => { return Err($crate::runner::Death(format!($($arg)*))) };
+}
+pub(crate) use die;
+
 /// What a served ABI may use of the run loop.
 pub struct RunCtx<'a> {
     /// The devices (the console).

@@ -198,12 +198,14 @@ pub struct Vcpu {
     fd: VcpuFd,
     /// Registers travel through `kvm_run` (see [`Vcpu::enable_sync_regs`]).
     sync: bool,
+    /// So do the control and segment registers ([`Vcpu::enable_sync_sregs`]).
+    sync_sregs: bool,
 }
 
 impl Vcpu {
     /// Wraps a vCPU fd created by [`crate::vm::Vm::create_vcpu`].
     pub(crate) fn new(index: u8, fd: VcpuFd) -> Self {
-        Vcpu { index, fd, sync: false }
+        Vcpu { index, fd, sync: false, sync_sregs: false }
     }
 
     /// The vCPU's index (and APIC id).
@@ -323,6 +325,25 @@ impl Vcpu {
         self.sync = kvm.check_extension(kvm_ioctls::Cap::SyncRegs);
         if self.sync {
             self.fd.set_sync_valid_reg(SyncReg::Register);
+        }
+    }
+
+    /// Also keeps the control and segment registers in `kvm_run`, read by
+    /// [`Self::sync_sregs`] without an ioctl (after [`Self::enable_sync_regs`]).
+    pub fn enable_sync_sregs(&mut self) {
+        if self.sync {
+            self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+            self.sync_sregs = true;
+        }
+    }
+
+    /// The control and segment registers as of the last exit (all zero if KVM
+    /// refuses): from `kvm_run` after [`Self::enable_sync_sregs`].
+    pub fn sync_sregs(&mut self) -> kvm_sregs {
+        if self.sync_sregs {
+            self.fd.sync_regs().sregs
+        } else {
+            self.fd.get_sregs().unwrap_or_default()
         }
     }
 

@@ -119,6 +119,12 @@ pub enum SetupError {
     /// written (exit 70).
     #[error("cannot write the lguest switcher and boot structures: {0}")]
     LguestBoot(vm_memory::GuestMemoryError),
+    /// KVM lacks a capability this VM needs (exit 6).
+    #[error("KVM lacks {0}, which this personality needs")]
+    MissingCapability(&'static str),
+    /// The VMI ROM could not be written, or its alarm thread started (exit 70).
+    #[error("cannot set up the VMI ROM: {0}")]
+    VmiRom(String),
     /// The hypercall probe's code could not be written (exit 70).
     #[error("cannot write the hypercall probe's code: {0}")]
     ProbeCode(vm_memory::GuestMemoryError),
@@ -155,7 +161,10 @@ impl SetupError {
     /// Whether this failure means KVM refused something (exit 6) rather than
     /// pvrun failing on its own (exit 70).
     pub fn is_kvm_refusal(&self) -> bool {
-        matches!(self, SetupError::KvmIoctl { .. } | SetupError::ApNotWaiting { .. })
+        matches!(
+            self,
+            SetupError::KvmIoctl { .. } | SetupError::ApNotWaiting { .. } | SetupError::MissingCapability(_)
+        )
     }
 
     /// A `KvmIoctl` error from a kvm-ioctls error.
@@ -213,18 +222,28 @@ impl Vm {
     /// [`layout::ram_regions`], the in-kernel irqchip and a PIT. The irqchip
     /// exists before any vCPU is created, so every vCPU gets a LAPIC.
     pub fn new(kvm: Kvm, mem_bytes: u64) -> Result<Self, SetupError> {
-        Self::build(kvm, mem_bytes, true)
+        Self::build(kvm, mem_bytes, true, None)
+    }
+
+    /// As [`Vm::new`], with the guest-physical range `rom` (start, length;
+    /// inside the first RAM region) read-only to the guest: its writes there
+    /// exit as MMIO and are dropped, as a ROM's are. pvrun writes it.
+    pub fn with_rom(kvm: Kvm, mem_bytes: u64, rom: (u64, u64)) -> Result<Self, SetupError> {
+        if !kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+            return Err(SetupError::MissingCapability("KVM_CAP_READONLY_MEM"));
+        }
+        Self::build(kvm, mem_bytes, true, Some(rom))
     }
 
     /// A VM with RAM only: no irqchip, no PIT (the hypercall probe's).
     pub fn new_bare(kvm: Kvm, mem_bytes: u64) -> Result<Self, SetupError> {
-        Self::build(kvm, mem_bytes, false)
+        Self::build(kvm, mem_bytes, false, None)
     }
 
-    fn build(kvm: Kvm, mem_bytes: u64, irqchip: bool) -> Result<Self, SetupError> {
+    fn build(kvm: Kvm, mem_bytes: u64, irqchip: bool, rom: Option<(u64, u64)>) -> Result<Self, SetupError> {
         let fd = kvm.create_vm().map_err(SetupError::ioctl("create a VM"))?;
 
-        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_bytes)
+        let ranges: Vec<(GuestAddress, usize)> = layout::memory_slots(mem_bytes, rom)
             .into_iter()
             .map(|(start, len)| (GuestAddress(start), len as usize))
             .collect();
@@ -233,9 +252,10 @@ impl Vm {
             reason: e.to_string(),
         })?;
         for (slot, region) in memory.iter().enumerate() {
+            let read_only = rom.is_some_and(|(start, _)| start == region.start_addr().0);
             let mem_region = kvm_userspace_memory_region {
                 slot: slot as u32,
-                flags: 0,
+                flags: if read_only { kvm_bindings::KVM_MEM_READONLY } else { 0 },
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
@@ -280,5 +300,22 @@ impl Vm {
     /// Guest RAM size in bytes.
     pub fn mem_bytes(&self) -> u64 {
         self.mem_bytes
+    }
+
+    /// Raises interrupt `vector` on the local APIC of vCPU `apic_id`: a
+    /// fixed, edge-triggered MSI (`KVM_SIGNAL_MSI`); `false` if KVM refuses.
+    pub fn signal_vector(&self, apic_id: u8, vector: u8) -> bool {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: 0xfee0_0000 | u32::from(apic_id) << 12,
+            data: u32::from(vector),
+            ..Default::default()
+        };
+        self.fd.signal_msi(msi).is_ok()
+    }
+
+    /// Pulses ISA interrupt line `irq` (`KVM_IRQ_LINE` high, then low);
+    /// `false` if KVM refuses.
+    pub fn pulse_irq(&self, irq: u32) -> bool {
+        self.fd.set_irq_line(irq, true).is_ok() && self.fd.set_irq_line(irq, false).is_ok()
     }
 }

@@ -7,7 +7,7 @@
 //! every root, and has the vCPU flush its TLB on the way back, as only CPL0
 //! can.
 
-use kvm_bindings::{kvm_regs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use kvm_bindings::kvm_regs;
 use vm_memory::{Bytes, GuestAddress};
 
 use pvabi::lguest::{
@@ -254,10 +254,7 @@ impl Lguest {
 
     /// The VM's CPUID, as the vCPU was given it; a leaf it lacks reads as zeros.
     fn cpuid(&self, leaf: u32, subleaf: u32, regs: &mut kvm_regs) {
-        let e = self.cpuid.iter().find(|e| {
-            e.function == leaf && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
-        });
-        let (a, b, c, d) = e.map_or((0, 0, 0, 0), |e| (e.eax, e.ebx, e.ecx, e.edx));
+        let [a, b, c, d] = crate::cpuid::lookup(&self.cpuid, leaf, subleaf);
         (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (a.into(), b.into(), c.into(), d.into());
     }
 

@@ -19,7 +19,6 @@
 pub mod boot;
 pub mod clock;
 pub mod hcalls;
-pub mod paging;
 pub mod runtime;
 pub mod switcher;
 #[cfg(test)]
@@ -35,21 +34,7 @@ use boot::Layout;
 use clock::Clock;
 use switcher::Entries;
 
-/// Why pvrun ends the guest (lguest's "sudden death"): one line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Death(pub String);
-
-impl std::fmt::Display for Death {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Ends the current hypercall or trap with a [`Death`].
-macro_rules! die {
-    ($($arg:tt)*) => { return Err($crate::lguest::Death(format!($($arg)*))) };
-}
-pub(crate) use die;
+pub(crate) use crate::runner::{die, Death};
 
 /// A handler the guest registered with `LOAD_IDT_ENTRY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,8 @@ use kvm_bindings::kvm_regs;
 use pvabi::lguest::{has_error_code, offset, IRQ_ENABLED, SWITCHER_ADDR};
 
 use super::boot::RFLAGS_IF;
-use super::{die, paging, switcher, Death, Handler, Lguest};
+use super::{die, switcher, Death, Handler, Lguest};
+use crate::paging;
 
 /// Where the interrupted context's return state is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
