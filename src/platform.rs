@@ -149,6 +149,28 @@ pub const ALL: &[Platform] = &[
         timeout: Duration::from_secs(60),
     },
     Platform {
+        name: "pvrun-vmi",
+        launcher: Launcher::Pvrun("vmi"),
+        expect_platform: "vmi",
+        expect_backend: "vmi",
+        cpus: 1,
+        // The ROM's calls exit to pvrun (its data page is one vCPU's).
+        extra_args: &["--vmi-rom", "trap"],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "pvrun-vmi-native",
+        launcher: Launcher::Pvrun("vmi"),
+        expect_platform: "vmi",
+        expect_backend: "vmi",
+        cpus: 2,
+        // The same ROM ABI, its calls the native instructions.
+        extra_args: &["--vmi-rom", "native"],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
         name: "xen-pv",
         launcher: Launcher::Xen(XenDom0::Pv),
         expect_platform: "xen",
@@ -236,11 +258,13 @@ impl Platform {
     }
 
     /// What the kernel's `# op irq.disable` line must say there: the inline
-    /// `cli`, Xen PV's `vcpu_info` store, or lguest's inline store.
+    /// `cli`, Xen PV's `vcpu_info` store, lguest's inline store, or a call
+    /// into the VMI ROM.
     pub fn irq_disable_implementation(&self) -> &'static str {
         match self.launcher {
             Launcher::Xen(XenDom0::Pv) => "xen",
             Launcher::Pvrun("lguest") => "lguest-inline",
+            Launcher::Pvrun("vmi") => "vmi(call)",
             _ => "native-inline",
         }
     }

@@ -106,6 +106,16 @@ fn pvrun_lguest() {
 }
 
 #[test]
+fn pvrun_vmi() {
+    full_suite("pvrun-vmi");
+}
+
+#[test]
+fn pvrun_vmi_native() {
+    full_suite("pvrun-vmi-native");
+}
+
+#[test]
 fn xen_pvh() {
     full_suite("xen-pvh");
 }
@@ -128,6 +138,84 @@ fn xen_pv_lazy_mmu_batches_hypercalls() {
 #[test]
 fn lguest_lazy_mmu_batches_traps() {
     lazy_mmu_batches_hypercalls("pvrun-lguest");
+}
+
+/// The same under VMI's trap ROM: deferred SetPxE notifications queue in the
+/// ROM's data page and reach pvrun in one exit per full queue.
+#[test]
+fn vmi_lazy_mmu_batches_exits() {
+    lazy_mmu_batches_hypercalls("pvrun-vmi");
+}
+
+/// The ROM decides each site: a call into it, IRET's jump, NOPs for a call
+/// that does nothing, the native code for a call it does not serve. Each
+/// flavour says so on the `# op` lines.
+#[test]
+fn vmi_rom_answers_patch_the_sites() {
+    for (name, expect) in [
+        (
+            "pvrun-vmi",
+            &[
+                ("irq.disable", "vmi(call)"),
+                ("cpu.iret", "vmi(jump)"),
+                ("cpu.io_delay", "vmi(nop)"),
+                ("mmu.set_pte", "vmi"),
+                ("mmu.lazy_enter", "vmi"),
+                ("time.set_timer", "vmi"),
+                ("cpu.read_msr", "native-inline"),
+            ][..],
+        ),
+        (
+            "pvrun-vmi-native",
+            &[
+                ("irq.disable", "vmi(call)"),
+                ("cpu.iret", "vmi(jump)"),
+                ("mmu.lazy_enter", "vmi(nop)"),
+                ("mmu.alloc_pt", "vmi(nop)"),
+                ("time.set_timer", "native"),
+                ("time.wall_clock", "native"),
+            ][..],
+        ),
+    ] {
+        let Some(p) = available(name) else { continue };
+        let b = boot(p, "pvkernel.tests=pv.");
+        assert!(b.report.tests.iter().all(|t| t.ok), "{name}\n{}", transcript(&b));
+        for (op, imp) in expect {
+            let line = format!("op {op} -> {imp}");
+            assert!(b.report.diagnostics.contains(&line), "{name}: no `{line}`\n{}", transcript(&b));
+        }
+        assert_eq!(b.guest_exit_value(), Some(0));
+    }
+}
+
+/// A broken ROM is refused before anything calls into it: the kernel says
+/// why, selects by probing (native: the vmi personality shows no CPUID
+/// signature) and runs green.
+#[test]
+fn a_corrupted_vmi_rom_is_refused() {
+    let Some(p) = available("pvrun-vmi") else { return };
+    let kernel = pvlab::build::kernel().expect("kernel builds");
+    for (defect, why) in [
+        ("checksum", "bad checksum"),
+        ("major", "API major version 0x3, not 0x40"),
+        ("signature", "is not a VMI ROM: no \"cVmi\" signature"),
+        ("reloc", "outside the ROM"),
+    ] {
+        let b = run::boot_with(p, &kernel, "pvkernel.tests=pv.", &["--vmi-corrupt", defect], false)
+            .expect("platform launches");
+        let note = b
+            .report
+            .diagnostic("probe vmi")
+            .unwrap_or_else(|| panic!("{defect}: no refusal\n{}", transcript(&b)));
+        assert!(note.starts_with("option ROM at 0xc0000 ") && note.contains(why), "{defect}: {note}");
+        assert_eq!(b.report.platform_field("backend").as_deref(), Some("native"), "{defect}");
+        assert!(
+            !b.report.tests.is_empty() && b.report.tests.iter().all(|t| t.ok),
+            "{defect}\n{}",
+            transcript(&b)
+        );
+        assert_eq!(b.guest_exit_value(), Some(0), "{defect}");
+    }
 }
 
 fn lazy_mmu_batches_hypercalls(name: &str) {

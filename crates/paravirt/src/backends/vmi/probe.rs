@@ -114,7 +114,7 @@ fn scan() {
         STATE.store(ABSENT, Ordering::Release);
         return;
     }
-    let mut refused = None;
+    let (mut refused, mut other) = (None, None);
     let mut base = abi::ROM_WINDOW_START;
     let mut state = ABSENT;
     while base < abi::ROM_WINDOW_END {
@@ -132,6 +132,11 @@ fn scan() {
                 break;
             }
             Err(Refused::Header(RomError::NotARom)) => {}
+            // Another device's ROM (QEMU's boot ROM, a VGA BIOS): noted only if
+            // no VMI ROM was refused.
+            Err(why @ Refused::Header(RomError::NoVmiSignature)) => {
+                other.get_or_insert((base, why));
+            }
             Err(why) => {
                 forget_answers();
                 refused.get_or_insert((base, why));
@@ -140,9 +145,14 @@ fn scan() {
         base += abi::ROM_ALIGN;
     }
     if state != FOUND {
-        if let Some((at, why)) = refused {
+        if let Some((at, why)) = refused.or(other) {
             let mut note = Note::new();
-            let _ = write!(note, "option ROM at {at:#x} refused: {why}");
+            let _ = match why {
+                Refused::Header(RomError::NoVmiSignature) => {
+                    write!(note, "option ROM at {at:#x} is not a VMI ROM: no \"cVmi\" signature")
+                }
+                _ => write!(note, "option ROM at {at:#x} refused: {why}"),
+            };
             // SAFETY: the one write, before STATE is published (see `RefusalCell`).
             unsafe { *REFUSAL.0.get() = Some(note) };
         }
