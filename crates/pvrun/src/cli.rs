@@ -38,7 +38,10 @@ Errors are printed as one line, 'pvrun: error: <message>', on stderr.
 With --stats, the run ends with one more line on stderr (before any error):
   pvrun: stats: exits=N insn_emulation=N halt_exits=N io_exits=N mmio_exits=N
 KVM's per-vCPU counters (KVM_GET_STATS_FD) for the whole run, those this KVM
-has; or 'pvrun: stats: unavailable: <why>'.
+has; or 'pvrun: stats: unavailable: <why>'. Personalities lguest and vmi (trap
+ROM) add a line per vCPU with what they served:
+  pvrun: stats: vCPU 0: lguest: hypercalls=N async_calls=N traps=N msrs=N interrupts=N
+  pvrun: stats: vCPU 0: vmi: traps=N updates=N deferred=N alarms=N
 
 Port 0xf8 is a bench marker: the guest brackets a region of its code with
 START/STOP and reads back the emulated instructions and exits it took (see

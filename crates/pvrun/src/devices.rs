@@ -217,6 +217,8 @@ pub struct Devices {
     bench: Vec<BenchMarker>,
     /// Per vCPU: the exits pvrun served (the run loop counts, the marker reads).
     served: Vec<Arc<AtomicU64>>,
+    /// Per vCPU: its served ABI's counters, once it stopped.
+    abi_counters: std::collections::BTreeMap<u8, String>,
     stats: DeviceStats,
 }
 
@@ -233,8 +235,20 @@ impl Devices {
             serial: Serial::new(NoInterrupt, SerialOut::new(serial_out)),
             bench: Vec::new(),
             served: Vec::new(),
+            abi_counters: std::collections::BTreeMap::new(),
             stats: DeviceStats::default(),
         }
+    }
+
+    /// Records what vCPU `vcpu`'s served ABI counted (see
+    /// [`crate::runner::ServedAbi::counters`]).
+    pub fn set_abi_counters(&mut self, vcpu: u8, line: String) {
+        self.abi_counters.insert(vcpu, line);
+    }
+
+    /// Every vCPU's served-ABI counters, `vCPU n: <line>`, by vCPU.
+    pub fn abi_counters(&self) -> Vec<String> {
+        self.abi_counters.iter().map(|(v, line)| format!("vCPU {v}: {line}")).collect()
     }
 
     /// The counter of exits pvrun serves for vCPU `vcpu` (the run loop adds to

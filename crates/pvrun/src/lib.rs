@@ -72,6 +72,9 @@ pub struct RunReport {
     /// hypercall probe's outcome): `None` if the run stopped before KVM was
     /// opened.
     pub features: Option<FeaturePlan>,
+    /// What a served ABI (lguest, VMI's trap ROM) counted, one line per vCPU
+    /// that had one (`vCPU 0: vmi: traps=N ...`).
+    pub abi_counters: Vec<String>,
 }
 
 /// Boots the kernel described by `config` and runs it until it writes to the
@@ -90,12 +93,13 @@ pub fn run(config: &VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Guest
 pub fn run_with_stats(config: &VmConfig, serial_out: Box<dyn Write + Send>) -> RunReport {
     let mut vcpu_stats = None;
     let mut features = None;
-    let result = boot(config, serial_out, &mut vcpu_stats, &mut features);
+    let mut abi_counters = Vec::new();
+    let result = boot(config, serial_out, &mut vcpu_stats, &mut features, &mut abi_counters);
     let kvm_stats = vcpu_stats.map(|stats| {
         let snapshots = stats?.iter().map(|s| s.snapshot()).collect::<Result<Vec<_>, _>>()?;
         Ok(StatsSummary::from_snapshots(&snapshots))
     });
-    RunReport { result, kvm_stats, features }
+    RunReport { result, kvm_stats, features, abi_counters }
 }
 
 /// What `pvrun --probe-host` prints: the KVM API version and capabilities,
@@ -110,13 +114,15 @@ pub fn probe_host(config: &VmConfig) -> Result<HostProbe, Error> {
 type VcpuStats = Result<Vec<Arc<KvmStats>>, StatsError>;
 
 /// Builds and runs the VM; `vcpu_stats` receives the vCPUs' statistics as
-/// soon as they exist, so they can be read however the run ends, and
-/// `features` the CPUID feature plan.
+/// soon as they exist, so they can be read however the run ends,
+/// `features` the CPUID feature plan, and `abi_counters` what a served ABI
+/// counted.
 fn boot(
     config: &VmConfig,
     serial_out: Box<dyn Write + Send>,
     vcpu_stats: &mut Option<VcpuStats>,
     features: &mut Option<FeaturePlan>,
+    abi_counters: &mut Vec<String>,
 ) -> Result<GuestExit, Error> {
     config.validate()?;
     let mem_bytes = config.mem_bytes();
@@ -203,5 +209,11 @@ fn boot(
     });
 
     let devices = Arc::new(Mutex::new(devices));
-    runner::run_vcpus(vm, vcpus.into_iter().zip(abis).collect(), devices, config.timeout)
+    let result =
+        runner::run_vcpus(vm, vcpus.into_iter().zip(abis).collect(), devices.clone(), config.timeout);
+    // A vCPU stuck past the watchdog may hold the lock: then say nothing.
+    if let Ok(d) = devices.try_lock() {
+        *abi_counters = d.abi_counters();
+    }
+    result
 }

@@ -40,6 +40,9 @@ fn real_main() -> i32 {
         if let Some(line) = stats_line(&report) {
             eprintln!("{line}");
         }
+        for line in &report.abi_counters {
+            eprintln!("pvrun: stats: {line}");
+        }
     }
     match report.result {
         Ok(exit) => {

@@ -98,6 +98,8 @@ pub trait ServedAbi: Send + std::fmt::Debug {
     fn port_out(&mut self, vcpu: &mut Vcpu, port: u16, ctx: &RunCtx) -> Result<Flow, GuestError>;
     /// Before each entry into the guest: after any exit, and after a kick.
     fn before_run(&mut self, vcpu: &mut Vcpu, ctx: &RunCtx) -> Result<Flow, GuestError>;
+    /// What the personality counted, for `--stats`: one line, `name: key=N ...`.
+    fn counters(&self) -> String;
 }
 
 /// Why pvrun ends a guest that broke its served ABI (lguest's "sudden
@@ -292,6 +294,9 @@ impl VcpuRunner {
         };
         // Before the vCPU (and its kvm_run mapping) can be dropped.
         KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        if let Some(abi) = &self.abi {
+            lock(&self.devices).set_abi_counters(self.vcpu.index(), abi.counters());
+        }
         stop
     }
 }

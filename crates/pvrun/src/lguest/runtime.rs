@@ -82,6 +82,14 @@ impl LguestVcpu {
 }
 
 impl ServedAbi for LguestVcpu {
+    fn counters(&self) -> String {
+        let u = self.usage();
+        format!(
+            "lguest: hypercalls={} async_calls={} traps={} msrs={} interrupts={}",
+            u.hypercalls, u.async_calls, u.traps, u.msrs, u.interrupts
+        )
+    }
+
     fn owns_port(&self, port: u16) -> bool {
         port == HCALL_PORT || port == TRAP_PORT
     }

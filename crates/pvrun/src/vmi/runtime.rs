@@ -84,6 +84,11 @@ fn killed(vcpu: &Vcpu, death: Death) -> GuestError {
 }
 
 impl ServedAbi for VmiVcpu {
+    fn counters(&self) -> String {
+        let u = self.usage();
+        format!("vmi: traps={} updates={} deferred={} alarms={}", u.traps, u.updates, u.deferred, u.alarms)
+    }
+
     fn owns_port(&self, port: u16) -> bool {
         port == TRAP_PORT
     }
