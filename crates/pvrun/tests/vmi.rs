@@ -35,7 +35,10 @@ fn the_rom_is_read_only_and_its_data_page_writable() {
     }
     // The trap ROM's counters close --stats: this guest never called it.
     let out = pvrun_kernel(&k, &["--personality", "vmi", "--stats"]);
-    assert!(out.stderr.contains("pvrun: stats: vCPU 0: vmi: traps=0 updates=0 deferred=0 alarms=0\n"), "{out:#?}");
+    assert!(
+        out.stderr.contains("pvrun: stats: vCPU 0: vmi: traps=0 updates=0 deferred=0 alarms=0\n"),
+        "{out:#?}"
+    );
     // Without the personality the window is plain RAM: the write sticks.
     let out = pvrun_kernel(&k, &["--no-hypercall-probe"]);
     assert_eq!(out.code(), (2 << 1) | 1, "{out:#?}");
