@@ -97,8 +97,12 @@ pub fn rom_base() -> u64 {
 
 /// What `get_reloc` answered for `number` (NONE for a call never asked).
 pub fn relocation(number: u64) -> abi::Relocation {
-    let i = number as usize;
-    abi::Relocation { eip: EIP[i].load(Ordering::Relaxed), kind: KIND[i].load(Ordering::Relaxed) }
+    match (EIP.get(number as usize), KIND.get(number as usize)) {
+        (Some(eip), Some(kind)) => {
+            abi::Relocation { eip: eip.load(Ordering::Relaxed), kind: kind.load(Ordering::Relaxed) }
+        }
+        _ => abi::Relocation { eip: 0, kind: reloc::NONE },
+    }
 }
 
 /// `get_reloc`'s answer, two words in RAX and RDX.
@@ -160,7 +164,7 @@ fn scan() {
     STATE.store(state, Ordering::Release);
 }
 
-/// Why a ROM with a good header was still refused.
+/// Why a ROM was refused: its header, or an answer of its own.
 #[derive(Clone, Copy, Debug)]
 enum Refused {
     Header(RomError),
