@@ -32,36 +32,70 @@ pub enum ExitAction {
     Unexpected(String),
 }
 
-/// The value of an `out` to the debug-exit port: the data little-endian,
-/// 1, 2 or 4 bytes (at most the first 4 bytes of a string `out`).
-pub fn debug_exit_value(data: &[u8]) -> u32 {
+/// The value of an `out` to the debug-exit port: the first element's bytes
+/// little-endian (1, 2 or 4 of them; the first of a string `outs`).
+pub fn debug_exit_value(element: &[u8]) -> u32 {
     let mut bytes = [0u8; 4];
-    let n = data.len().min(4);
-    bytes[..n].copy_from_slice(&data[..n]);
+    let n = element.len().min(4);
+    bytes[..n].copy_from_slice(&element[..n]);
     u32::from_le_bytes(bytes)
+}
+
+/// Maps one exit of vCPU `vcpu` to an action, serving port and MMIO
+/// accesses on `devices`, each port access one element of `data.len()`
+/// bytes. See [`handle_exit_sized`].
+pub fn handle_exit(exit: VcpuExit<'_>, vcpu: u8, devices: &mut Devices) -> ExitAction {
+    handle_exit_sized(exit, vcpu, None, devices)
 }
 
 /// Maps one exit of vCPU `vcpu` to an action, serving port and MMIO
 /// accesses on `devices`. Runs before the guest is re-entered, so the bench
 /// marker's snapshots are taken at the exit of the marker's `out` itself.
-pub fn handle_exit(exit: VcpuExit<'_>, vcpu: u8, devices: &mut Devices) -> ExitAction {
+///
+/// A port exit carries `count` elements of `io_size` bytes (KVM batches a
+/// string `ins`/`outs` into one exit): every element goes to the same port,
+/// its bytes to that port and the ones above it, as the CPU would do them one
+/// by one. `None` (or a size that does not divide the data): one element.
+pub fn handle_exit_sized(
+    exit: VcpuExit<'_>,
+    vcpu: u8,
+    io_size: Option<usize>,
+    devices: &mut Devices,
+) -> ExitAction {
+    let size = |len: usize| io_size.filter(|&s| s > 0 && len.is_multiple_of(s)).unwrap_or(len.max(1));
     match exit {
-        VcpuExit::IoOut(DEBUG_EXIT_PORT, data) => ExitAction::DebugExit(debug_exit_value(data)),
-        VcpuExit::IoOut(KBD_CONTROLLER_PORT, [KBD_RESET_COMMAND, ..]) => ExitAction::Reset,
+        VcpuExit::IoOut(DEBUG_EXIT_PORT, data) => {
+            ExitAction::DebugExit(debug_exit_value(&data[..size(data.len()).min(data.len())]))
+        }
+        VcpuExit::IoOut(KBD_CONTROLLER_PORT, data)
+            if data.chunks(size(data.len())).any(|e| e.first() == Some(&KBD_RESET_COMMAND)) =>
+        {
+            ExitAction::Reset
+        }
         VcpuExit::IoOut(BENCH_MARKER_PORT, data) => {
-            devices.bench_write(vcpu, data);
+            for element in data.chunks(size(data.len())) {
+                devices.bench_write(vcpu, element);
+            }
             ExitAction::Continue
         }
         VcpuExit::IoIn(BENCH_MARKER_PORT, data) => {
-            devices.bench_read(vcpu, data);
+            let n = size(data.len());
+            for element in data.chunks_mut(n) {
+                devices.bench_read(vcpu, element);
+            }
             ExitAction::Continue
         }
         VcpuExit::IoOut(port, data) => {
-            devices.pio_write(vcpu, port, data);
+            for element in data.chunks(size(data.len())) {
+                devices.pio_write(vcpu, port, element);
+            }
             ExitAction::Continue
         }
         VcpuExit::IoIn(port, data) => {
-            devices.pio_read(vcpu, port, data);
+            let n = size(data.len());
+            for element in data.chunks_mut(n) {
+                devices.pio_read(vcpu, port, element);
+            }
             ExitAction::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
@@ -182,6 +216,38 @@ mod tests {
         handle_exit(VcpuExit::IoOut(0xf8, &[7, 0, 0, 0]), 0, &mut devices);
         let s = devices.stats();
         assert_eq!((s.bench_accesses, s.bench_garbage, s.unknown_pio), (2, 1, 0));
+    }
+
+    #[test]
+    fn string_io_sends_every_element_to_the_same_port() {
+        let buf = SharedBuf::default();
+        let mut devices = Devices::new(Box::new(buf.clone()));
+        // `rep insb` of 16 from the LSR: sixteen reads of the LSR (idle: 0x60).
+        let mut data = [0u8; 16];
+        handle_exit_sized(VcpuExit::IoIn(0x3fd, &mut data), 0, Some(1), &mut devices);
+        assert_eq!(data, [0x60; 16]);
+        // `rep outsb` to the data port: every byte is output.
+        handle_exit_sized(VcpuExit::IoOut(0x3f8, b"str\n"), 0, Some(1), &mut devices);
+        assert_eq!(buf.contents(), b"str\n");
+        // `rep insw` of 2 from the LSR: each word reads LSR then MSR.
+        let mut words = [0u8; 4];
+        handle_exit_sized(VcpuExit::IoIn(0x3fd, &mut words), 0, Some(2), &mut devices);
+        assert_eq!(words[0], words[2]);
+        assert_eq!(words[1], words[3]);
+        // `rep outsb` to the debug-exit port: the first element is the value.
+        assert_eq!(
+            handle_exit_sized(VcpuExit::IoOut(0xf4, &[5, 9, 9, 9]), 0, Some(1), &mut devices),
+            ExitAction::DebugExit(5)
+        );
+        // A reset byte anywhere in a string `outsb` to the controller resets.
+        assert_eq!(
+            handle_exit_sized(VcpuExit::IoOut(0x64, &[0x01, 0xfe]), 0, Some(1), &mut devices),
+            ExitAction::Reset
+        );
+        // Four RESETs to the bench marker as one `rep outsd`: four valid accesses.
+        let mut devices = Devices::new(Box::new(std::io::sink()));
+        handle_exit_sized(VcpuExit::IoOut(0xf8, &[0; 16]), 0, Some(4), &mut devices);
+        assert_eq!(devices.stats().bench_accesses, 4);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Layers, innermost first:
 //! 1. [`Vcpu::run`]: one `KVM_RUN`.
-//! 2. [`handle_exit`]: a pure map from the exit to an [`ExitAction`].
+//! 2. [`handle_exit_sized`]: a pure map from the exit to an [`ExitAction`].
 //! 3. [`VcpuRunner`]: the state machine that turns actions (and `KVM_RUN`
 //!    errors) into the next [`RunState`], reading vCPU state for crash
 //!    reports.
@@ -29,7 +29,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::{DeviceStats, Devices};
 use crate::error::{Error, GuestError};
-use crate::exit::{handle_exit, ExitAction};
+use crate::exit::{handle_exit_sized, ExitAction};
 use crate::vcpu::Vcpu;
 use crate::vm::{SetupError, Vm};
 
@@ -225,11 +225,24 @@ impl VcpuRunner {
             return state;
         }
         let index = self.vcpu.index();
+        let run = self.vcpu.kvm_run_ptr();
         let exit = match self.vcpu.run() {
             Ok(VcpuExit::IoOut(port, _)) if self.abi.as_ref().is_some_and(|a| a.owns_port(port)) => {
                 Ok(Exit::Abi(port))
             }
-            Ok(exit) => Ok(Exit::Device(handle_exit(exit, index, &mut lock(&self.devices)))),
+            Ok(exit) => {
+                let io_size = match exit {
+                    // SAFETY: `run` is this vCPU's live kvm_run mapping, and for an
+                    // I/O exit its `io` member is the one KVM filled. It is read
+                    // through the raw pointer: the exit's borrow covers only the
+                    // data area further into the mapping.
+                    VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => Some(usize::from(unsafe {
+                        std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read()
+                    })),
+                    _ => None,
+                };
+                Ok(Exit::Device(handle_exit_sized(exit, index, io_size, &mut lock(&self.devices))))
+            }
             Err(e) => Err(e),
         };
         let action = match exit {
