@@ -107,6 +107,23 @@ pub enum LoadError {
         /// The minor version its note names.
         minor: u32,
     },
+    /// Two entry notes of the kind asked for name different entries: which
+    /// one a loader would take is not defined (Xen takes the last), so none.
+    #[error(
+        "kernel {} has two {what} entry notes that disagree ({first:#x} and {second:#x}); \
+         it must name one entry",
+        path.display()
+    )]
+    ConflictingEntries {
+        /// The kernel path.
+        path: PathBuf,
+        /// "PVH" or "lguest64".
+        what: &'static str,
+        /// The first note's entry.
+        first: u64,
+        /// The first that differs from it.
+        second: u64,
+    },
     /// The PVH entry point is not inside guest RAM.
     #[error(
         "kernel {} has its PVH entry point at {entry:#x}, outside guest RAM ({mem_mib} MiB)",
@@ -276,10 +293,30 @@ impl KernelImage {
                 }
                 PT_NOTE => {
                     let notes = &bytes[file_range];
-                    if pvh_entry.is_none() {
-                        pvh_entry = find_pvh_note(notes);
+                    for entry in pvh_entries(notes) {
+                        match pvh_entry {
+                            None => pvh_entry = Some(entry),
+                            Some(first) if first != entry && kind == EntryKind::Pvh => {
+                                return Err(LoadError::ConflictingEntries {
+                                    path: path.to_owned(),
+                                    what: "PVH",
+                                    first,
+                                    second: entry,
+                                });
+                            }
+                            Some(_) => {}
+                        }
                     }
-                    lguest.scan(notes);
+                    if let Some((first, second)) = lguest.scan(notes) {
+                        if kind == EntryKind::Lguest {
+                            return Err(LoadError::ConflictingEntries {
+                                path: path.to_owned(),
+                                what: "lguest64",
+                                first,
+                                second,
+                            });
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -332,14 +369,22 @@ struct LguestNotes {
 }
 
 impl LguestNotes {
-    fn scan(&mut self, notes: &[u8]) {
+    /// Takes in the notes of one PT_NOTE segment; returns the first entry and
+    /// one that differs from it, if the notes name two.
+    fn scan(&mut self, notes: &[u8]) -> Option<(u64, u64)> {
+        let mut conflict = None;
         for (name, n_type, desc) in notes_in(notes) {
             if name != pvabi::lguest::ELFNOTE_NAME {
                 continue;
             }
             match n_type {
-                pvabi::lguest::ELFNOTE_ENTRY if desc.len() >= 8 && self.entry.is_none() => {
-                    self.entry = Some(u64_at(desc, 0));
+                pvabi::lguest::ELFNOTE_ENTRY if desc.len() >= 8 => {
+                    let entry = u64_at(desc, 0);
+                    match self.entry {
+                        None => self.entry = Some(entry),
+                        Some(first) if first != entry => conflict = conflict.or(Some((first, entry))),
+                        Some(_) => {}
+                    }
                 }
                 pvabi::lguest::ELFNOTE_ABI if desc.len() >= 8 && self.abi.is_none() => {
                     self.abi = Some((u32_at(desc, 0), u32_at(desc, 4)));
@@ -347,6 +392,7 @@ impl LguestNotes {
                 _ => {}
             }
         }
+        conflict
     }
 }
 
@@ -373,13 +419,19 @@ fn notes_in(notes: &[u8]) -> impl Iterator<Item = (&[u8], u32, &[u8])> {
     })
 }
 
-/// Looks for the `XEN_ELFNOTE_PHYS32_ENTRY` note (name "Xen") in the bytes of
-/// a PT_NOTE segment and returns the 32-bit entry it carries.
-fn find_pvh_note(notes: &[u8]) -> Option<u64> {
-    notes_in(notes).find_map(|(name, n_type, desc)| {
+/// The entries of every `XEN_ELFNOTE_PHYS32_ENTRY` note (name "Xen") in the
+/// bytes of a PT_NOTE segment (the low 32 bits of each descriptor).
+fn pvh_entries(notes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    notes_in(notes).filter_map(|(name, n_type, desc)| {
         (n_type == XEN_ELFNOTE_PHYS32_ENTRY && name == b"Xen\0" && desc.len() >= 4)
             .then(|| u64::from(u32_at(desc, 0)))
     })
+}
+
+/// The first PVH entry in the bytes of a PT_NOTE segment.
+#[cfg(test)]
+fn find_pvh_note(notes: &[u8]) -> Option<u64> {
+    pvh_entries(notes).next()
 }
 
 #[cfg(test)]
@@ -408,6 +460,15 @@ mod tests {
         assert_eq!(find_pvh_note(&note(b"Xen\0", 17, &[0; 4])), None);
         assert_eq!(find_pvh_note(&note(b"Xe\0", 18, &[0; 4])), None);
         assert_eq!(find_pvh_note(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn lguest_notes_that_disagree_are_reported() {
+        let entry = |e: u64| note(b"Lguest\0", pvabi::lguest::ELFNOTE_ENTRY, &e.to_le_bytes());
+        let mut notes = LguestNotes::default();
+        assert_eq!(notes.scan(&[entry(0x10_0000), entry(0x10_0000)].concat()), None);
+        assert_eq!(notes.scan(&entry(0x20_0000)), Some((0x10_0000, 0x20_0000)));
+        assert_eq!(notes.entry, Some(0x10_0000));
     }
 
     #[test]

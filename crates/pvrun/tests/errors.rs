@@ -96,6 +96,25 @@ fn eight_byte_pvh_note_works() {
     assert_eq!(out.code(), 5, "{out:#?}");
 }
 
+/// Two PVH notes: the same entry twice is fine; two different entries are
+/// refused before KVM is touched (which one a loader takes is not defined),
+/// whether the second lies in RAM or not.
+#[test]
+fn disagreeing_pvh_notes_are_refused() {
+    let load = common::LOAD_ADDR as u32;
+    for second in [0xffff_fff0, 0, load + 16] {
+        let spec = ElfSpec { note: PvhNote::Twice(load, second), ..ElfSpec::new(&asm::debug_exit(2)) };
+        let out = pvrun_kernel(&kernel("two-notes", &spec), &[]);
+        out.assert_error(2, &["two PVH entry notes that disagree", &format!("{second:#x}")]);
+    }
+    if !have_kvm("disagreeing_pvh_notes_are_refused: the same note twice") {
+        return;
+    }
+    let spec = ElfSpec { note: PvhNote::Twice(load, load), ..ElfSpec::new(&asm::debug_exit(2)) };
+    let out = pvrun_kernel(&kernel("same-note-twice", &spec), &[]);
+    assert_eq!(out.code(), 5, "{out:#?}");
+}
+
 #[test]
 fn ebx_points_at_start_info() {
     if !have_kvm("ebx_points_at_start_info") {

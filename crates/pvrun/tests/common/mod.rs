@@ -24,6 +24,8 @@ pub enum PvhNote {
     /// lguest64 notes ("Lguest"): this 64-bit entry, and the ABI version
     /// (major, minor) when given.
     Lguest(u64, Option<(u32, u32)>),
+    /// Two 4-byte PVH entry notes, in this order.
+    Twice(u32, u32),
 }
 
 /// What to build.
@@ -63,6 +65,11 @@ fn note_bytes(note: PvhNote) -> Option<Vec<u8>> {
         // XEN_ELFNOTE_PHYS32_ENTRY
         PvhNote::Entry32(e) => one_note(b"Xen\0", 18, &e.to_le_bytes()),
         PvhNote::Entry64(e) => one_note(b"Xen\0", 18, &e.to_le_bytes()),
+        PvhNote::Twice(a, b) => {
+            let mut v = one_note(b"Xen\0", 18, &a.to_le_bytes());
+            v.extend(one_note(b"Xen\0", 18, &b.to_le_bytes()));
+            v
+        }
         PvhNote::Lguest(entry, abi) => {
             let mut v = one_note(b"Lguest\0", 1, &entry.to_le_bytes());
             if let Some((major, minor)) = abi {
