@@ -422,10 +422,11 @@ fn notes_in(notes: &[u8]) -> impl Iterator<Item = (&[u8], u32, &[u8])> {
 /// The entries of every `XEN_ELFNOTE_PHYS32_ENTRY` note (name "Xen") in the
 /// bytes of a PT_NOTE segment (the low 32 bits of each descriptor).
 fn pvh_entries(notes: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    notes_in(notes).filter_map(|(name, n_type, desc)| {
-        (n_type == XEN_ELFNOTE_PHYS32_ENTRY && name == b"Xen\0" && desc.len() >= 4)
-            .then(|| u64::from(u32_at(desc, 0)))
-    })
+    notes_in(notes)
+        .filter(|(name, n_type, desc)| {
+            *n_type == XEN_ELFNOTE_PHYS32_ENTRY && *name == b"Xen\0" && desc.len() >= 4
+        })
+        .map(|(_, _, desc)| u64::from(u32_at(desc, 0)))
 }
 
 /// The first PVH entry in the bytes of a PT_NOTE segment.
