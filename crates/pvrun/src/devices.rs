@@ -6,11 +6,13 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 
 use crate::layout::{BENCH_MAGIC, BENCH_RESET, BENCH_START, BENCH_STOP, COM1_PORT, COM1_PORT_COUNT};
+use crate::output::Output;
 
 /// The serial interrupt line is not wired yet: the guest polls the LSR.
 #[derive(Debug, Default)]
@@ -24,16 +26,16 @@ impl Trigger for NoInterrupt {
     }
 }
 
-/// Line-buffered, write-through serial output, one line buffer per vCPU.
+/// Line-buffered serial output, one line buffer per vCPU.
 ///
 /// The UART model flushes after every byte; this collects the bytes of each
-/// vCPU separately and passes a vCPU's output on to the real writer (and
-/// flushes it) at each newline, when 4 KiB have piled up, or when
+/// vCPU separately and hands a vCPU's output to the writer thread
+/// ([`Output`]) at each newline, when 4 KiB have piled up, or when
 /// [`SerialOut::finish`] is called. A reader of the host's stdout sees every
-/// line as soon as the guest completes it, and lines written by several
-/// vCPUs at once never interleave.
+/// line as soon as the guest completes it, lines written by several vCPUs at
+/// once never interleave, and a reader that stalls never stalls a vCPU.
 pub struct SerialOut {
-    inner: Box<dyn Write + Send>,
+    out: Output,
     /// Pending bytes by vCPU index.
     lines: Vec<Vec<u8>>,
     /// The vCPU whose bytes the UART is writing now.
@@ -43,9 +45,9 @@ pub struct SerialOut {
 impl SerialOut {
     const MAX_PENDING: usize = 4096;
 
-    /// Wraps `inner`.
+    /// Writes to `inner`, from a thread of its own.
     pub fn new(inner: Box<dyn Write + Send>) -> Self {
-        SerialOut { inner, lines: vec![Vec::with_capacity(256)], current: 0 }
+        SerialOut { out: Output::start(inner), lines: vec![Vec::with_capacity(256)], current: 0 }
     }
 
     /// Attributes the bytes written from now on to vCPU `vcpu`.
@@ -56,21 +58,23 @@ impl SerialOut {
         }
     }
 
-    fn write_out(&mut self, vcpu: usize) -> io::Result<()> {
+    fn write_out(&mut self, vcpu: usize) {
         let pending = std::mem::take(&mut self.lines[vcpu]);
-        if !pending.is_empty() {
-            self.inner.write_all(&pending)?;
-        }
-        Ok(())
+        self.out.send(pending);
     }
 
-    /// Writes out and flushes whatever is pending, vCPU 0's first.
-    pub fn finish(&mut self) -> io::Result<()> {
-        let mut result = Ok(());
+    /// Hands over whatever is pending, vCPU 0's first, and waits for it to
+    /// reach the host (see [`Output::drain`] for how long); whether it did.
+    pub fn finish(&mut self, grace: Duration) -> bool {
         for vcpu in 0..self.lines.len() {
-            result = result.and(self.write_out(vcpu));
+            self.write_out(vcpu);
         }
-        result.and(self.inner.flush())
+        self.out.drain(grace)
+    }
+
+    /// Bytes that could not reach the host.
+    pub fn lost(&self) -> u64 {
+        self.out.lost()
     }
 }
 
@@ -79,13 +83,12 @@ impl Write for SerialOut {
         let line = &mut self.lines[self.current];
         line.extend_from_slice(buf);
         if buf.contains(&b'\n') || line.len() >= Self::MAX_PENDING {
-            self.write_out(self.current)?;
-            self.inner.flush()?;
+            self.write_out(self.current);
         }
         Ok(buf.len())
     }
 
-    /// Deliberately a no-op: output is flushed per line (see the type docs).
+    /// Deliberately a no-op: output is handed over per line (see the type docs).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -112,7 +115,8 @@ pub struct DeviceStats {
     pub unknown_mmio: u64,
     /// Bytes the guest wrote to the serial port.
     pub serial_bytes: u64,
-    /// Serial bytes that could not be written to the host (e.g. closed pipe).
+    /// Serial bytes that could not reach the host: its stdout failed (e.g. a
+    /// closed pipe), or stalled while [`crate::output::QUEUE_CAP`] bytes waited.
     pub serial_lost_bytes: u64,
     /// Valid bench-marker accesses: RESET, START and STOP writes and 32-bit
     /// reads (see [`BenchMarker`]).
@@ -209,6 +213,9 @@ impl BenchMarker {
         true
     }
 }
+
+/// How long the end of a run waits for the serial output to reach the host.
+pub const SERIAL_DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// All devices of the VM, behind one lock.
 pub struct Devices {
@@ -310,14 +317,24 @@ impl Devices {
     }
 
     /// The traffic counters.
-    pub fn stats(&self) -> DeviceStats {
-        self.stats
+    pub fn stats(&mut self) -> DeviceStats {
+        DeviceStats {
+            serial_lost_bytes: self.stats.serial_lost_bytes + self.serial.writer_mut().lost(),
+            ..self.stats
+        }
     }
 
-    /// Writes out any partial serial line.
-    pub fn flush(&mut self) {
-        // Ignored: if the host's stdout is gone there is nobody to tell.
-        let _ = self.serial.writer_mut().finish();
+    /// Hands over any partial serial line and waits for the output to reach
+    /// the host, at most [`SERIAL_DRAIN_GRACE`] (less if the host's stdout
+    /// makes no progress); whether it all did.
+    pub fn flush(&mut self) -> bool {
+        self.serial.writer_mut().finish(SERIAL_DRAIN_GRACE)
+    }
+
+    /// Waits for every complete line handed over so far to reach the host.
+    #[cfg(test)]
+    pub(crate) fn settle(&mut self) {
+        assert!(self.serial.writer_mut().out.drain(Duration::from_secs(10)), "the output did not drain");
     }
 
     fn com1_offset(port: u16, i: usize) -> Option<u8> {
@@ -416,6 +433,7 @@ pub(crate) mod tests {
         d.pio_write(0, 0x3f8, b"i");
         assert_eq!(buf.contents(), b"");
         d.pio_write(0, 0x3f8, b"\n");
+        d.settle();
         assert_eq!(buf.contents(), b"hi\n");
         d.pio_write(0, 0x3f8, b"x");
         d.flush();
@@ -433,8 +451,10 @@ pub(crate) mod tests {
         d.pio_write(2, 0x3f8, b"c");
         d.pio_write(1, 0x3f8, b"b");
         d.pio_write(0, 0x3f8, b"\n");
+        d.settle();
         assert_eq!(buf.contents(), b"a\n");
         d.pio_write(2, 0x3f8, b"\n");
+        d.settle();
         assert_eq!(buf.contents(), b"a\ncc\n");
         d.pio_write(0, 0x3f8, b"z");
         // At the end the partial lines come out, vCPU 0's first.
@@ -449,6 +469,7 @@ pub(crate) mod tests {
         for _ in 0..SerialOut::MAX_PENDING {
             d.pio_write(1, 0x3f8, b"x");
         }
+        d.settle();
         assert_eq!(buf.contents().len(), SerialOut::MAX_PENDING);
     }
 

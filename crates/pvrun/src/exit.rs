@@ -140,6 +140,7 @@ mod tests {
         for b in b"hi\n" {
             assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, &[*b]), 0, &mut devices), ExitAction::Continue);
         }
+        devices.settle();
         assert_eq!(buf.contents(), b"hi\n");
     }
 
@@ -186,6 +187,7 @@ mod tests {
             handle_exit(VcpuExit::IoOut(0x3f8, &[*a]), 0, &mut devices);
             handle_exit(VcpuExit::IoOut(0x3f8, &[*b]), 1, &mut devices);
         }
+        devices.settle();
         assert_eq!(buf.contents(), b"aaaa\nbbbb\n");
     }
 
@@ -228,6 +230,7 @@ mod tests {
         assert_eq!(data, [0x60; 16]);
         // `rep outsb` to the data port: every byte is output.
         handle_exit_sized(VcpuExit::IoOut(0x3f8, b"str\n"), 0, Some(1), &mut devices);
+        devices.settle();
         assert_eq!(buf.contents(), b"str\n");
         // `rep insw` of 2 from the LSR: each word reads LSR then MSR.
         let mut words = [0u8; 4];

@@ -28,6 +28,7 @@ pub mod exit;
 pub mod layout;
 pub mod lguest;
 pub mod loader;
+pub mod output;
 pub mod paging;
 pub mod probe;
 pub mod pvh;

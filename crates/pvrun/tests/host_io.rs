@@ -1,0 +1,70 @@
+//! What the host does to pvrun's own input and output: a stdout that stalls
+//! or fails, a stderr on a full device, kernel files that are not files.
+//! Each ends with the documented status, at most one `pvrun: error:` line,
+//! in bounded time, and never a panic.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{have_kvm, kernel, pvrun_bin, ElfSpec};
+
+/// 32-bit: writes `count` bytes 'x' to COM1 without a newline, then "tail"
+/// (no newline either), then exits with 3.
+fn flood_guest(count: u32) -> Vec<u8> {
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    code.push(0xb9); // mov ecx, count
+    code.extend_from_slice(&count.to_le_bytes());
+    code.extend_from_slice(&[0xb0, b'x', 0xee]); // l: mov al, 'x'; out dx, al
+    code.extend_from_slice(&[0xe2, 0xfb]); // loop l
+    for b in b"tail" {
+        code.extend_from_slice(&[0xb0, *b, 0xee]);
+    }
+    code.extend_from_slice(&[0xb0, 3, 0xe6, 0xf4, 0xf4]); // mov al, 3; out 0xf4, al; hlt
+    code
+}
+
+/// A stdout pipe nobody reads: the guest's output fills it, the rest waits in
+/// pvrun's queue, and pvrun still ends with the guest's status soon after the
+/// guest does (the final drain gives up on a stalled reader), blaming nobody.
+#[test]
+fn a_stalled_stdout_neither_stalls_the_guest_nor_outlives_the_run() {
+    if !have_kvm("a_stalled_stdout_neither_stalls_the_guest_nor_outlives_the_run") {
+        return;
+    }
+    let k = kernel("stalled-stdout", &ElfSpec::new(&flood_guest(200_000)));
+    let start = Instant::now();
+    let mut child = Command::new(pvrun_bin())
+        .args(["--timeout", "20"])
+        .arg(&k)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pvrun");
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    // Hold stdout open, unread, until pvrun is done (or overstays).
+    let _stdout = child.stdout.take().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("pvrun did not end with its stdout stalled");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    let stderr = err_reader.join().unwrap();
+    assert_eq!(status.code(), Some(7), "the guest's status; stderr: {stderr}");
+    assert_eq!(stderr, "", "a stalled reader is no error of the guest's");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
