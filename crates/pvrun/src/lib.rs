@@ -129,7 +129,7 @@ fn boot(
     let mem_bytes = config.mem_bytes();
     let lguest = config.personality == Personality::Lguest;
     let entry_kind = if lguest { EntryKind::Lguest } else { EntryKind::Pvh };
-    let kernel = KernelImage::read(&config.kernel, mem_bytes, entry_kind)?;
+    let mut kernel = KernelImage::read(&config.kernel, mem_bytes, entry_kind)?;
     let kvm = vm::open_kvm(&config.kvm_path)?;
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

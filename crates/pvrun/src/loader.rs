@@ -2,16 +2,20 @@
 //!
 //! The image is checked here first, before KVM is touched, so that every
 //! bad-input case gets a precise message (which address, which RAM size).
-//! The bytes are then copied into guest memory by linux-loader's `Elf::load`,
-//! which also reports the PVH entry point from the `XEN_ELFNOTE_PHYS32_ENTRY`
-//! note.
+//! Only what the checks need is read — the ELF header, the program headers,
+//! the notes — and only from a regular file: a FIFO, a device or a huge
+//! sparse file costs nothing. linux-loader's `Elf::load` then copies the
+//! loadable segments from the same open file into guest memory; the entry
+//! booted is the one checked here.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Cursor, Read, Seek};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::elf::Elf;
 use linux_loader::loader::KernelLoader;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 use crate::layout;
 use crate::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
@@ -27,6 +31,9 @@ const PT_NOTE: u32 = 4;
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
 
+/// The most bytes of notes pvrun reads from one PT_NOTE segment.
+pub const NOTES_MAX: u64 = 1 << 20;
+
 /// Why the kernel could not be used. All of these are bad input (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -37,6 +44,14 @@ pub enum LoadError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The path is not a regular file (a directory, FIFO, device, socket).
+    #[error("kernel {} is not a regular file (it is a {kind})", path.display())]
+    NotAFile {
+        /// The kernel path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
     },
     /// The file does not start with the ELF magic.
     #[error("kernel {} is not an ELF file (no ELF magic at offset 0)", path.display())]
@@ -184,35 +199,96 @@ pub enum EntryKind {
     Lguest,
 }
 
+/// Where the kernel's bytes are: an open regular file, or memory.
+#[derive(Debug)]
+enum Image {
+    File(File),
+    Bytes(Vec<u8>),
+}
+
+impl Image {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        match self {
+            Image::File(f) => Ok(f.metadata()?.len()),
+            Image::Bytes(b) => Ok(b.len() as u64),
+        }
+    }
+
+    /// `len` bytes at `offset` (the caller checked they are inside).
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, std::io::Error> {
+        let mut buf = vec![0u8; len];
+        match self {
+            Image::File(f) => f.read_exact_at(&mut buf, offset)?,
+            Image::Bytes(b) => {
+                let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::UnexpectedEof)?;
+                let src = b.get(start..start + len).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(src);
+            }
+        }
+        Ok(buf)
+    }
+}
+
+/// What a path that is not a regular file is, for the message.
+fn file_kind(t: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    Some(match t {
+        t if t.is_file() => return None,
+        t if t.is_dir() => "directory",
+        t if t.is_fifo() => "FIFO",
+        t if t.is_char_device() => "character device",
+        t if t.is_block_device() => "block device",
+        t if t.is_socket() => "socket",
+        _ => "special file",
+    })
+}
+
 /// A kernel image that has been read and checked against the guest's RAM.
 #[derive(Debug)]
 pub struct KernelImage {
     path: PathBuf,
-    bytes: Vec<u8>,
+    image: Image,
     entry: u64,
 }
 
 impl KernelImage {
-    /// Reads the kernel at `path` and checks it for a guest with `mem_bytes`
-    /// of RAM, to be entered at its `kind` entry.
+    /// Opens the kernel at `path` and checks it for a guest with
+    /// `mem_bytes` of RAM, to be entered at its `kind` entry. Refuses what is
+    /// not a regular file without reading it (a FIFO would block, a device
+    /// never end); reads only the headers and notes.
     pub fn read(path: &Path, mem_bytes: u64, kind: EntryKind) -> Result<Self, LoadError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-        Self::parse(path, bytes, mem_bytes, kind)
+        let read_error = |source| LoadError::Read { path: path.to_owned(), source };
+        // Look before opening: opening a FIFO for reading blocks until a writer comes.
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if let Some(kind) = file_kind(meta.file_type()) {
+            return Err(LoadError::NotAFile { path: path.to_owned(), kind });
+        }
+        let file = File::open(path).map_err(read_error)?;
+        // The path may have changed in between: check what was opened.
+        let meta = file.metadata().map_err(read_error)?;
+        if let Some(kind) = file_kind(meta.file_type()) {
+            return Err(LoadError::NotAFile { path: path.to_owned(), kind });
+        }
+        Self::check(path, Image::File(file), mem_bytes, kind)
     }
 
     /// Checks an in-memory kernel image (`path` is only used in messages).
     pub fn parse(path: &Path, bytes: Vec<u8>, mem_bytes: u64, kind: EntryKind) -> Result<Self, LoadError> {
+        Self::check(path, Image::Bytes(bytes), mem_bytes, kind)
+    }
+
+    fn check(path: &Path, image: Image, mem_bytes: u64, kind: EntryKind) -> Result<Self, LoadError> {
         let unsupported = |reason: String| LoadError::Unsupported { path: path.to_owned(), reason };
-        if bytes.len() < 4 || bytes[..4] != ELF_MAGIC {
+        let read_error = |source| LoadError::Read { path: path.to_owned(), source };
+        let file_len = image.len().map_err(read_error)?;
+        let head = image.read_at(0, file_len.min(EHDR_SIZE as u64) as usize).map_err(read_error)?;
+        if head.len() < 4 || head[..4] != ELF_MAGIC {
             return Err(LoadError::NotElf { path: path.to_owned() });
         }
-        if bytes.len() < EHDR_SIZE {
-            return Err(unsupported(format!(
-                "file is {} bytes long, shorter than an ELF64 header",
-                bytes.len()
-            )));
+        if head.len() < EHDR_SIZE {
+            return Err(unsupported(format!("file is {file_len} bytes long, shorter than an ELF64 header")));
         }
+        let bytes = &head;
         if bytes[4] != ELFCLASS64 {
             return Err(unsupported(format!("ELF class {} (only ELF64 is supported)", bytes[4])));
         }
@@ -233,17 +309,15 @@ impl KernelImage {
         if phentsize != PHDR_SIZE {
             return Err(unsupported(format!("program header entry size {phentsize} (expected {PHDR_SIZE})")));
         }
-        let table_end = usize::try_from(phoff)
-            .ok()
-            .filter(|&off| off >= EHDR_SIZE)
-            .and_then(|off| off.checked_add(phnum * PHDR_SIZE))
-            .filter(|&end| end <= bytes.len())
+        phoff
+            .checked_add((phnum * PHDR_SIZE) as u64)
+            .filter(|&end| phoff >= EHDR_SIZE as u64 && end <= file_len)
             .ok_or_else(|| {
                 unsupported(format!(
                     "program header table at offset {phoff:#x} ({phnum} entries) is not inside the file"
                 ))
             })?;
-        let phoff = table_end - phnum * PHDR_SIZE;
+        let table = image.read_at(phoff, phnum * PHDR_SIZE).map_err(read_error)?;
 
         let mut pvh_entry = None;
         let mut lguest = LguestNotes::default();
@@ -256,23 +330,17 @@ impl KernelImage {
                 r..r + crate::lguest::boot::RESERVED_BYTES
             }
         };
-        for i in 0..phnum {
-            let ph = &bytes[phoff + i * PHDR_SIZE..phoff + (i + 1) * PHDR_SIZE];
+        for (i, ph) in table.chunks_exact(PHDR_SIZE).enumerate() {
             let p_type = u32_at(ph, 0);
             let p_offset = u64_at(ph, 8);
             let p_paddr = u64_at(ph, 24);
             let p_filesz = u64_at(ph, 32);
             let p_memsz = u64_at(ph, 40);
-            let file_range = usize::try_from(p_offset)
-                .ok()
-                .zip(usize::try_from(p_filesz).ok())
-                .and_then(|(off, len)| Some(off..off.checked_add(len)?))
-                .filter(|r| r.end <= bytes.len())
-                .ok_or_else(|| {
-                    unsupported(format!(
-                        "segment {i} (file offset {p_offset:#x}, {p_filesz:#x} bytes) is not inside the file"
-                    ))
-                })?;
+            if p_offset.checked_add(p_filesz).is_none_or(|end| end > file_len) {
+                return Err(unsupported(format!(
+                    "segment {i} (file offset {p_offset:#x}, {p_filesz:#x} bytes) is not inside the file"
+                )));
+            }
             match p_type {
                 // linux-loader skips PT_LOAD segments with no file bytes.
                 PT_LOAD if p_filesz > 0 => {
@@ -292,7 +360,12 @@ impl KernelImage {
                     }
                 }
                 PT_NOTE => {
-                    let notes = &bytes[file_range];
+                    if p_filesz > NOTES_MAX {
+                        return Err(unsupported(format!(
+                            "note segment {i} is {p_filesz:#x} bytes, more than {NOTES_MAX:#x}"
+                        )));
+                    }
+                    let notes = &image.read_at(p_offset, p_filesz as usize).map_err(read_error)?;
                     for entry in pvh_entries(notes) {
                         match pvh_entry {
                             None => pvh_entry = Some(entry),
@@ -343,7 +416,7 @@ impl KernelImage {
                 mem_mib: mem_bytes / layout::MIB,
             });
         }
-        Ok(Self { path: path.to_owned(), bytes, entry })
+        Ok(Self { path: path.to_owned(), image, entry })
     }
 
     /// The entry point found in the ELF notes (for the kind asked for).
@@ -353,9 +426,18 @@ impl KernelImage {
 
     /// Copies the loadable segments into guest memory at their physical
     /// addresses and returns the entry point checked by [`Self::parse`].
-    pub fn load(&self, mem: &GuestMemoryMmap) -> Result<GuestAddress, LoadError> {
-        Elf::load(mem, None, &mut Cursor::new(&self.bytes[..]), None)
-            .map_err(|source| LoadError::Loader { path: self.path.clone(), source })?;
+    pub fn load(&mut self, mem: &GuestMemoryMmap) -> Result<GuestAddress, LoadError> {
+        fn load_from<R: Read + ReadVolatile + Seek>(
+            mem: &GuestMemoryMmap,
+            r: &mut R,
+        ) -> Result<(), linux_loader::loader::Error> {
+            Elf::load(mem, None, r, None).map(|_| ())
+        }
+        let loaded = match &mut self.image {
+            Image::File(f) => load_from(mem, f),
+            Image::Bytes(b) => load_from(mem, &mut Cursor::new(&b[..])),
+        };
+        loaded.map_err(|source| LoadError::Loader { path: self.path.clone(), source })?;
         Ok(GuestAddress(self.entry))
     }
 }

@@ -68,3 +68,44 @@ fn a_stalled_stdout_neither_stalls_the_guest_nor_outlives_the_run() {
     assert_eq!(stderr, "", "a stalled reader is no error of the guest's");
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
+
+/// Kernel "files" that are not regular files are refused before any read:
+/// a FIFO (opening it would wait for a writer), a character device (/dev/zero
+/// would never end), a directory.
+#[test]
+fn kernels_that_are_not_regular_files_are_refused_unread() {
+    let dir = common::scratch_dir("not-a-file");
+    let fifo = dir.join("kernel.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        common::skip("mkfifo unavailable: kernels_that_are_not_regular_files_are_refused_unread (FIFO case)");
+    } else {
+        let out = common::pvrun(&[fifo.to_str().unwrap()]);
+        out.assert_error(2, &["is not a regular file (it is a FIFO)"]);
+        assert!(out.elapsed < Duration::from_secs(2), "{out:#?}");
+    }
+    common::pvrun(&["/dev/zero"]).assert_error(2, &["/dev/zero", "character device"]);
+    common::pvrun(&[dir.to_str().unwrap()]).assert_error(2, &["directory"]);
+}
+
+/// A kernel file of 2 GiB (sparse: a tiny ELF, then a hole) costs no more
+/// memory than a small one: pvrun reads the headers, the notes and the
+/// segments, not the file. Run under a 1 GiB address-space limit, which a
+/// read of the whole file could not fit in.
+#[test]
+fn a_huge_sparse_kernel_is_not_read_whole() {
+    if !have_kvm("a_huge_sparse_kernel_is_not_read_whole") {
+        return;
+    }
+    let k = kernel("huge-sparse", &ElfSpec::new(&common::asm::debug_exit(4)));
+    std::fs::OpenOptions::new().write(true).open(&k).unwrap().set_len(2 << 30).unwrap();
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        common::skip("prlimit unavailable: a_huge_sparse_kernel_is_not_read_whole");
+        return;
+    }
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--as=1073741824", "--", pvrun_bin(), "--mem", "64", "--no-hypercall-probe"]).arg(&k);
+    let out = common::run_cmd(cmd, Duration::from_secs(20));
+    assert_eq!(out.code(), (4 << 1) | 1, "{out:#?}");
+    assert!(out.elapsed < Duration::from_secs(5), "{out:#?}");
+}

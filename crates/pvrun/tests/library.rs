@@ -68,14 +68,15 @@ fn run_errors_carry_their_exit_codes() {
     assert_eq!(err.exit_code(), 6);
 }
 
+/// A serial writer that never returns (the host side of a pipe nobody
+/// reads) stalls no vCPU: its lines only queue. The spinning guest is stopped
+/// by the watchdog as any other, its vCPU comes back and is joined, and the
+/// VM goes with it; only pvrun's writer thread stays, blocked in the writer.
 #[test]
-fn watchdog_gives_up_on_a_vcpu_that_never_comes_back() {
-    if !have_kvm("watchdog_gives_up_on_a_vcpu_that_never_comes_back") {
+fn a_writer_that_never_returns_stalls_no_vcpu() {
+    if !have_kvm("a_writer_that_never_returns_stalls_no_vcpu") {
         return;
     }
-    // The guest prints a line and spins; the vCPU thread blocks forever in
-    // the serial writer (holding the device lock), so the kick cannot bring
-    // it back and the watchdog must give up after its grace period.
     let mut code = asm::serial_write(b"x\n");
     code.extend(asm::spin());
     let config = VmConfig {
@@ -87,13 +88,13 @@ fn watchdog_gives_up_on_a_vcpu_that_never_comes_back() {
     let elapsed = start.elapsed();
     match &err {
         Error::Timeout { rip, stuck, .. } => {
-            assert!(*stuck, "{err:?}");
-            assert_eq!(*rip, None, "{err:?}");
+            assert!(!*stuck, "every vCPU came back: {err:?}");
+            assert!(rip.is_some(), "{err:?}");
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(err.exit_code(), 124);
-    assert!(err.to_string().contains("did not come back"), "{err}");
+    // The timeout, then at most the output's stall limit for the final drain.
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
 }
 
