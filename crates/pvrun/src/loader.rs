@@ -288,24 +288,24 @@ impl KernelImage {
         if head.len() < EHDR_SIZE {
             return Err(unsupported(format!("file is {file_len} bytes long, shorter than an ELF64 header")));
         }
-        let bytes = &head;
+        let bytes = &head[..];
         if bytes[4] != ELFCLASS64 {
             return Err(unsupported(format!("ELF class {} (only ELF64 is supported)", bytes[4])));
         }
         if bytes[5] != ELFDATA2LSB {
             return Err(unsupported("big-endian ELF".to_owned()));
         }
-        let e_type = u16_at(&bytes, 16);
+        let e_type = u16_at(bytes, 16);
         if e_type != ET_EXEC && e_type != ET_DYN {
             return Err(unsupported(format!("ELF type {e_type} is not an executable")));
         }
-        let e_machine = u16_at(&bytes, 18);
+        let e_machine = u16_at(bytes, 18);
         if e_machine != EM_X86_64 {
             return Err(unsupported(format!("ELF machine {e_machine} is not x86-64 ({EM_X86_64})")));
         }
-        let phoff = u64_at(&bytes, 32);
-        let phentsize = usize::from(u16_at(&bytes, 54));
-        let phnum = usize::from(u16_at(&bytes, 56));
+        let phoff = u64_at(bytes, 32);
+        let phentsize = usize::from(u16_at(bytes, 54));
+        let phnum = usize::from(u16_at(bytes, 56));
         if phentsize != PHDR_SIZE {
             return Err(unsupported(format!("program header entry size {phentsize} (expected {PHDR_SIZE})")));
         }
