@@ -30,10 +30,14 @@ Exit status:
                 lguest: ...', '... vmi: ...')
   6             KVM unavailable: device missing, permission denied, not KVM,
                 wrong API version or a missing capability
-  70            pvrun itself failed (e.g. could not allocate guest memory)
+  70            pvrun itself failed (e.g. could not allocate guest memory), or
+                stdout could not take --probe-host's report or --help
   124           the guest did not finish within --timeout
 
-Errors are printed as one line, 'pvrun: error: <message>', on stderr.
+Errors are printed as one line, 'pvrun: error: <message>', on stderr (a
+stderr that cannot take it changes nothing else). Serial output stdout could
+not take (it failed, or stalled with 16 MiB waiting) is dropped and reported
+after the run: 'pvrun: serial output: N bytes lost (...)'.
 
 With --stats, the run ends with one more line on stderr (before any error):
   pvrun: stats: exits=N insn_emulation=N halt_exits=N io_exits=N mmio_exits=N

@@ -1,11 +1,13 @@
 //! The `pvrun` binary: parses the command line, runs the guest and turns the
 //! outcome into the process exit status.
 
+use std::io::Write;
+
 use clap::error::ErrorKind;
 use clap::Parser;
 
 use pvrun::cli::{clap_error_line, Cli};
-use pvrun::error::EXIT_BAD_INPUT;
+use pvrun::error::{EXIT_BAD_INPUT, EXIT_VMM_FAILURE};
 use pvrun::ExitKind;
 
 fn main() {
@@ -19,12 +21,15 @@ fn real_main() -> i32 {
         Ok(cli) => cli,
         Err(err) => {
             return match err.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-                    let _ = err.print();
-                    0
-                }
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => match err.print() {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        say(format_args!("pvrun: error: cannot write to stdout: {e}"));
+                        EXIT_VMM_FAILURE
+                    }
+                },
                 _ => {
-                    eprintln!("pvrun: error: {}", clap_error_line(&err));
+                    say(format_args!("pvrun: error: {}", clap_error_line(&err)));
                     EXIT_BAD_INPUT
                 }
             };
@@ -38,40 +43,59 @@ fn real_main() -> i32 {
     if print_stats {
         // Nothing to say if no VM was built: the error line says why.
         if let Some(line) = stats_line(&report) {
-            eprintln!("{line}");
+            say(format_args!("{line}"));
         }
         for line in &report.abi_counters {
-            eprintln!("pvrun: stats: {line}");
+            say(format_args!("pvrun: stats: {line}"));
         }
     }
     match report.result {
         Ok(exit) => {
+            if exit.stats.serial_lost_bytes > 0 {
+                let lost = exit.stats.serial_lost_bytes;
+                say(format_args!(
+                    "pvrun: serial output: {lost} bytes lost (stdout failed, or stalled with 16 MiB waiting)"
+                ));
+            }
             match (exit.kind, &exit.reason) {
-                (ExitKind::Reset, _) => eprintln!("pvrun: guest requested a reset"),
-                (ExitKind::PowerOff, Some(reason)) => eprintln!("pvrun: guest powered off: {reason}"),
+                (ExitKind::Reset, _) => say(format_args!("pvrun: guest requested a reset")),
+                (ExitKind::PowerOff, Some(reason)) => say(format_args!("pvrun: guest powered off: {reason}")),
                 _ => {}
             }
             exit.status
         }
         Err(err) => {
-            eprintln!("pvrun: error: {err}");
+            say(format_args!("pvrun: error: {err}"));
             err.exit_code()
         }
     }
 }
 
-/// `--probe-host`: the report on stdout, exit 0; or the error line.
+/// `--probe-host`: the report on stdout, exit 0; or the error line (a
+/// stdout that cannot take the report is pvrun's failure: 70).
 fn probe_host(config: &pvrun::VmConfig) -> i32 {
     match pvrun::probe_host(config) {
         Ok(probe) => {
-            print!("{probe}");
-            0
+            let mut out = std::io::stdout().lock();
+            match write!(out, "{probe}").and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    say(format_args!("pvrun: error: cannot write the report to stdout: {e}"));
+                    EXIT_VMM_FAILURE
+                }
+            }
         }
         Err(err) => {
-            eprintln!("pvrun: error: {err}");
+            say(format_args!("pvrun: error: {err}"));
             err.exit_code()
         }
     }
+}
+
+/// One line on stderr. A stderr that cannot take it (a full device, a
+/// closed pipe) leaves nobody to tell: the line is dropped, never a panic.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The `--stats` line, if a vCPU was created.

@@ -109,3 +109,74 @@ fn a_huge_sparse_kernel_is_not_read_whole() {
     assert_eq!(out.code(), (4 << 1) | 1, "{out:#?}");
     assert!(out.elapsed < Duration::from_secs(5), "{out:#?}");
 }
+
+/// Runs pvrun with stdout and/or stderr on /dev/full.
+fn with_full(args: &[&str], stdout_full: bool, stderr_full: bool) -> std::process::ExitStatus {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut cmd = Command::new(pvrun_bin());
+    cmd.args(args).stdin(Stdio::null());
+    cmd.stdout(if stdout_full { Stdio::from(full()) } else { Stdio::null() });
+    cmd.stderr(if stderr_full { Stdio::from(full()) } else { Stdio::null() });
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("pvrun {args:?} did not end");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A full stdout or stderr is an outcome, never a panic (status 101): the
+/// error's own status when stderr cannot take its line, 70 when stdout
+/// cannot take `--probe-host`'s report or `--help`, the guest's own status
+/// when stdout cannot take its serial output.
+#[test]
+fn full_output_devices_are_outcomes_not_panics() {
+    if !std::path::Path::new("/dev/full").exists() {
+        common::skip("/dev/full absent: full_output_devices_are_outcomes_not_panics");
+        return;
+    }
+    assert_eq!(with_full(&["/nonexistent-kernel"], false, true).code(), Some(2));
+    assert_eq!(with_full(&["--mem", "1", "k"], true, true).code(), Some(2));
+    assert_eq!(with_full(&["--help"], true, false).code(), Some(70));
+    if !have_kvm("full_output_devices_are_outcomes_not_panics: guests") {
+        return;
+    }
+    assert_eq!(with_full(&["--probe-host", "--no-hypercall-probe"], true, false).code(), Some(70));
+    let mut code = common::asm::serial_write(b"hello\n");
+    code.extend(common::asm::debug_exit(6));
+    let k = kernel("full-stdout", &ElfSpec::new(&code));
+    let k = k.to_str().unwrap();
+    assert_eq!(with_full(&[k], true, false).code(), Some(13), "serial output lost, the guest's status kept");
+    assert_eq!(with_full(&["--stats", k], true, true).code(), Some(13));
+    let crash = kernel("full-stderr-crash", &ElfSpec::new(&common::asm::triple_fault()));
+    assert_eq!(with_full(&[crash.to_str().unwrap()], false, true).code(), Some(4));
+}
+
+/// Serial output the host could not take is reported, once, after the run.
+#[test]
+fn lost_serial_output_is_reported() {
+    if !std::path::Path::new("/dev/full").exists() || !have_kvm("lost_serial_output_is_reported") {
+        return;
+    }
+    let mut code = common::asm::serial_write(b"hello\n");
+    code.extend(common::asm::debug_exit(6));
+    let k = kernel("lost-output", &ElfSpec::new(&code));
+    let out = Command::new(pvrun_bin())
+        .arg(&k)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(13));
+    assert_eq!(
+        stderr,
+        "pvrun: serial output: 6 bytes lost (stdout failed, or stalled with 16 MiB waiting)\n"
+    );
+}
