@@ -143,6 +143,12 @@ pub struct Cli {
     #[arg(long, value_name = "DEFECT", value_enum)]
     pub vmi_corrupt: Option<crate::vmi::Corruption>,
 
+    /// Show the guest's control characters on stdout as \xNN (all but
+    /// newline and tab, and bytes that are not UTF-8), so that it cannot
+    /// drive the terminal; off, the guest's bytes pass as they are
+    #[arg(long)]
+    pub escape_serial: bool,
+
     /// Print what the host offers (KVM version, capabilities, CPUID, the
     /// hypercall probe) and what pvrun would advertise, then exit 0
     #[arg(long, conflicts_with = "kernel")]
@@ -182,6 +188,7 @@ impl Cli {
             hypercall_probe: !self.no_hypercall_probe,
             vmi_rom: self.vmi_rom,
             vmi_corrupt: self.vmi_corrupt,
+            escape_serial: self.escape_serial,
         }
     }
 }

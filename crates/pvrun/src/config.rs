@@ -43,6 +43,9 @@ pub struct VmConfig {
     pub vmi_rom: Option<Flavour>,
     /// Personality vmi: a defect to build into the ROM (for testing guests).
     pub vmi_corrupt: Option<Corruption>,
+    /// Show the guest's control characters on stdout as `\xNN`, so it cannot
+    /// drive the terminal (`--escape-serial`).
+    pub escape_serial: bool,
 }
 
 impl VmConfig {
@@ -61,6 +64,7 @@ impl VmConfig {
             hypercall_probe: true,
             vmi_rom: None,
             vmi_corrupt: None,
+            escape_serial: false,
         }
     }
 

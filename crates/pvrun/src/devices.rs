@@ -40,6 +40,8 @@ pub struct SerialOut {
     lines: Vec<Vec<u8>>,
     /// The vCPU whose bytes the UART is writing now.
     current: usize,
+    /// Show control characters as `\xNN` ([`crate::output::escape_controls`]).
+    escape: bool,
 }
 
 impl SerialOut {
@@ -47,7 +49,12 @@ impl SerialOut {
 
     /// Writes to `inner`, from a thread of its own.
     pub fn new(inner: Box<dyn Write + Send>) -> Self {
-        SerialOut { out: Output::start(inner), lines: vec![Vec::with_capacity(256)], current: 0 }
+        SerialOut {
+            out: Output::start(inner),
+            lines: vec![Vec::with_capacity(256)],
+            current: 0,
+            escape: false,
+        }
     }
 
     /// Attributes the bytes written from now on to vCPU `vcpu`.
@@ -60,7 +67,7 @@ impl SerialOut {
 
     fn write_out(&mut self, vcpu: usize) {
         let pending = std::mem::take(&mut self.lines[vcpu]);
-        self.out.send(pending);
+        self.out.send(if self.escape { crate::output::escape_controls(&pending) } else { pending });
     }
 
     /// Hands over whatever is pending, vCPU 0's first, and waits for it to
@@ -245,6 +252,12 @@ impl Devices {
             abi_counters: std::collections::BTreeMap::new(),
             stats: DeviceStats::default(),
         }
+    }
+
+    /// Whether the guest's control characters reach the host as they are
+    /// (the default) or shown as `\xNN` (`--escape-serial`).
+    pub fn escape_serial(&mut self, on: bool) {
+        self.serial.writer_mut().escape = on;
     }
 
     /// Records what vCPU `vcpu`'s served ABI counted (see

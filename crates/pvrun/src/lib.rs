@@ -25,6 +25,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod error;
 pub mod exit;
+pub mod fuzzing;
 pub mod layout;
 pub mod lguest;
 pub mod loader;
@@ -189,6 +190,7 @@ fn boot(
     // Statistics are optional: without them the bench marker answers RESET
     // with 0 and `--stats` says why.
     let mut devices = Devices::new(serial_out);
+    devices.escape_serial(config.escape_serial);
     let mut all_stats = Vec::with_capacity(vcpus.len());
     let mut stats_error = None;
     for vcpu in &vcpus {

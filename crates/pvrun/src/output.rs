@@ -8,7 +8,8 @@
 //! ([`Output::lost`]). At the end of a run [`Output::drain`] waits for the
 //! queue to empty, but no longer than its grace, and gives up early on a sink
 //! that makes no progress: a stalled stdout cannot keep pvrun past its
-//! `--timeout` by more than that grace.
+//! `--timeout` by more than that grace. [`escape_controls`] is what
+//! `--escape-serial` applies before the queue.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -127,6 +128,29 @@ impl Drop for Output {
     }
 }
 
+/// `bytes` with what could drive a terminal made visible: C0 control
+/// characters other than newline and tab, DEL, the C1 controls (U+0080 to
+/// U+009F) and bytes that are not UTF-8 become `\xNN` (each byte of a C1
+/// character, too). Everything else, UTF-8 text included, passes unchanged.
+pub fn escape_controls(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let hex = |out: &mut Vec<u8>, b: u8| out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let mut buf = [0u8; 4];
+            let encoded = c.encode_utf8(&mut buf).as_bytes();
+            let control = (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c);
+            if control {
+                encoded.iter().for_each(|&b| hex(&mut out, b));
+            } else {
+                out.extend_from_slice(encoded);
+            }
+        }
+        chunk.invalid().iter().for_each(|&b| hex(&mut out, b));
+    }
+    out
+}
+
 fn write_loop(shared: &Shared, mut sink: Box<dyn Write + Send>) {
     let mut s = shared.lock();
     s.progress = Some(Instant::now());
@@ -213,6 +237,15 @@ mod tests {
         stalled.store(false, Ordering::Release);
         assert!(o.drain(Duration::from_secs(10)));
         assert_eq!(out.lock().unwrap().len() as u64 + o.lost(), ((QUEUE_CAP / 4096 + 10) * 4096) as u64);
+    }
+
+    #[test]
+    fn escaping_leaves_text_and_shows_controls() {
+        assert_eq!(escape_controls(b"plain text\tand tab\n"), b"plain text\tand tab\n");
+        assert_eq!(escape_controls("µs ✓\n".as_bytes()), "µs ✓\n".as_bytes());
+        assert_eq!(escape_controls(b"\x1b[2J\x07\r\x7f"), br"\x1b[2J\x07\x0d\x7f");
+        assert_eq!(escape_controls("\u{9b}".as_bytes()), br"\xc2\x9b", "a C1 CSI");
+        assert_eq!(escape_controls(b"a\xffb\xc3"), br"a\xffb\xc3", "not UTF-8");
     }
 
     #[test]

@@ -180,3 +180,20 @@ fn lost_serial_output_is_reported() {
         "pvrun: serial output: 6 bytes lost (stdout failed, or stalled with 16 MiB waiting)\n"
     );
 }
+
+/// `--escape-serial`: what could drive the terminal arrives as `\xNN`; text,
+/// newlines and tabs as they are. Without it, the bytes pass unchanged.
+#[test]
+fn escape_serial_shows_control_characters() {
+    if !have_kvm("escape_serial_shows_control_characters") {
+        return;
+    }
+    let mut code = common::asm::serial_write(b"\x1b[2Jhi\tthere\x07\n");
+    code.extend(common::asm::debug_exit(0));
+    let k = kernel("escape-serial", &ElfSpec::new(&code));
+    let out = common::pvrun_kernel(&k, &["--escape-serial"]);
+    assert_eq!(out.code(), 1, "{out:#?}");
+    assert_eq!(out.stdout, "\\x1b[2Jhi\tthere\\x07\n");
+    let raw = common::pvrun_kernel(&k, &[]);
+    assert_eq!(raw.stdout, "\x1b[2Jhi\tthere\x07\n");
+}
