@@ -108,6 +108,8 @@ fn run_pvrun(kernel: &Path, timeout_s: f64, args: &[&str]) -> Run {
 
 /// [`run_pvrun`]; with `close_stdout`, the read end of pvrun's stdout is
 /// closed at once (its writes then fail with EPIPE).
+// The child is reaped with `wait4` (for its peak RSS), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_pvrun_with(kernel: &Path, timeout_s: f64, args: &[&str], close_stdout: bool) -> Run {
     let timeout = Duration::from_secs_f64(timeout_s);
     let timeout_arg = format!("{timeout_s}");
