@@ -189,7 +189,9 @@ impl BenchMarker {
             }
             // The run loop counts this START's own exit after it is handled:
             // start one further on, so the region's count leaves it out.
-            BENCH_START => self.start = Some((self.counters(), self.served.load(Ordering::Relaxed).wrapping_add(1))),
+            BENCH_START => {
+                self.start = Some((self.counters(), self.served.load(Ordering::Relaxed).wrapping_add(1)))
+            }
             BENCH_STOP => {
                 let Some((start, served0)) = self.start.take() else {
                     return false;
