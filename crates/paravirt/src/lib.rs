@@ -39,6 +39,7 @@
 extern crate std;
 
 pub mod backends;
+pub mod cpus;
 pub mod extable;
 pub mod lazy;
 pub mod ops;
@@ -46,6 +47,7 @@ pub mod patch;
 pub mod select;
 pub mod table;
 
+pub use cpus::{CpuSet, MAX_CPUS};
 pub use ops::{apic, console, cpu, irq, lock, mmu, power, time};
 
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -62,8 +64,9 @@ pub struct InitParams<'a> {
     pub cmdline: &'a str,
     /// Physical address of a kernel virtual address.
     pub virt_to_phys: fn(u64) -> u64,
-    /// The running CPU's number (its APIC ID, below [`MAX_CPUS`]); must work on
-    /// every CPU from before it calls any op.
+    /// The running CPU's index: dense, 0 for the boot CPU, below
+    /// [`MAX_CPUS`] (not its APIC ID: see [`cpus`]); must work on every CPU
+    /// from before it calls any op.
     pub current_cpu: fn() -> u32,
     /// How the kernel was entered.
     pub boot: BootFlow,
@@ -104,13 +107,10 @@ pub fn xen_pv_start_info() -> Option<u64> {
     }
 }
 
-/// Most CPUs the per-CPU state of the backends has room for.
-pub const MAX_CPUS: usize = 8;
-
 static CURRENT_CPU: AtomicUsize = AtomicUsize::new(0);
 static VIRT_TO_PHYS: AtomicUsize = AtomicUsize::new(0);
 
-/// The running CPU's number, as the kernel reports it (0 before [`init`]).
+/// The running CPU's index, as the kernel reports it (0 before [`init`]).
 pub fn current_cpu() -> u32 {
     let f = CURRENT_CPU.load(Ordering::Relaxed);
     if f == 0 {
@@ -241,6 +241,12 @@ pub enum StartCpu {
     Started,
     /// The hypervisor refused (its error code).
     Failed(i64),
+    /// The backend runs no CPU with that index: only `max` of them (Xen PV:
+    /// the `vcpu_info`s shared_info holds).
+    Beyond {
+        /// How many CPUs the backend can run.
+        max: u32,
+    },
 }
 
 /// Starts CPU `cpu` through the hypervisor (Xen PV: a deprivileged kernel has
@@ -260,14 +266,19 @@ pub fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> StartCpu {
 
 /// Sets up the selected backend's per-CPU state (kvmclock, steal time, ...) on a
 /// secondary CPU. Once per CPU, on that CPU, before it calls any op other than the
-/// cpu and irq groups; safe before the heap exists.
-pub fn init_secondary() {
+/// cpu and irq groups; safe before the heap exists. A CPU whose index is beyond
+/// [`MAX_CPUS`] is refused: it must call no op but the cpu and irq groups (the
+/// kernel should park it and say so).
+pub fn init_secondary() -> Result<(), cpus::CpuError> {
+    let cpu = current_cpu();
+    cpus::check(cpu)?;
     let b = SELECTED.load(Ordering::Acquire);
     if b != 0 {
         // SAFETY: `init` stored a pointer to an entry of the static BACKENDS table.
         let backend = unsafe { &*(b as *const select::Backend) };
-        (backend.init_cpu)(current_cpu());
+        (backend.init_cpu)(cpu);
     }
+    Ok(())
 }
 
 /// The patch for `op`: the backend's own inline form for an op it provides (if it

@@ -32,14 +32,15 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
     if boot.kernel_pages_are_user() {
         mm::paging::map_kernel_as_user();
     }
-    // Under Xen PV the boot CPU is vCPU 0 and CPU numbers are vCPU ids.
-    let bsp = if owns_hardware { arch::apic::id() } else { 0 };
-    percpu::init_this_cpu(bsp);
+    // The boot CPU is CPU 0; under Xen PV, with no local APIC, CPU numbers are
+    // vCPU ids and stand in for APIC IDs.
+    let bsp_apic_id = if owns_hardware { arch::apic::id() } else { 0 };
+    percpu::init_this_cpu(0, bsp_apic_id);
     // A kernel that owns the CPU loads its tables first, so that faults during
     // backend set-up are reported; a Xen PV kernel can load them only through
     // the backend (a trap table instead of an IDT).
     if owns_hardware {
-        arch::gdt::init(bsp);
+        arch::gdt::init(0, None);
         arch::traps::init();
     }
     let cmdline = boot.take_cmdline();
@@ -48,12 +49,12 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
         paravirt::init(&paravirt::InitParams {
             cmdline,
             virt_to_phys: |v| v,
-            current_cpu: percpu::current_id,
+            current_cpu: percpu::current_index,
             boot: boot.flow,
         })
     };
     if !owns_hardware {
-        arch::gdt::init(bsp);
+        arch::gdt::init(0, None);
         arch::traps::init();
     }
     // Only now: under Xen the console is a hypercall, not the UART.
@@ -131,15 +132,9 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
         crash(kind);
     }
 
-    boot::smp::mark_online(bsp);
+    boot::smp::mark_online(0);
     smp::init();
-    let expected = expected_cpus(boot.cmdline());
-    if expected > 1 {
-        let online = boot::smp::start_aps(expected, 1_000_000_000);
-        diag!("cpus: {} online (mask {:#x}), {} expected", online.count_ones(), online, expected);
-    } else {
-        diag!("cpus: 1 online (mask {:#x})", boot::smp::online_mask());
-    }
+    start_cpus(boot.cmdline());
 
     let filter = cmdline_value(boot.cmdline(), "pvkernel.tests").unwrap_or("");
     let mut ctx = suite::Ctx { boot: &boot, selection: &selection };
@@ -149,17 +144,67 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
     paravirt::power::shutdown(if failed == 0 { tap::EXIT_OK } else { tap::EXIT_FAILED })
 }
 
+/// Starts the other CPUs and reports them: how many came online and how long
+/// it took, their APIC IDs, and any CPU not taken (beyond what the kernel
+/// takes, parked) or not started, with the reason.
+fn start_cpus(cmdline: &str) {
+    let expected = expected_cpus(cmdline);
+    let take = cpus_taken(cmdline);
+    let s = if expected > 1 || take < expected {
+        boot::smp::start_aps(expected, take, 1_000_000_000)
+    } else {
+        boot::smp::Started {
+            online: boot::smp::online(),
+            took_ns: 0,
+            parked: 0,
+            parked_ids: alloc::vec::Vec::new(),
+            failed: alloc::vec::Vec::new(),
+        }
+    };
+    let ids = |cpus: &mut dyn Iterator<Item = u32>| {
+        cpus.map(|id| alloc::format!("{id}")).collect::<alloc::vec::Vec<_>>().join(",")
+    };
+    let mut line = alloc::format!(
+        "{} online in {} ms, {} expected; APIC IDs {}",
+        s.online.len(),
+        s.took_ns / 1_000_000,
+        expected,
+        ids(&mut s.online.iter().map(paravirt::cpus::apic_id))
+    );
+    if s.parked > 0 {
+        line += &alloc::format!(
+            "; {} parked beyond the {} this kernel takes (APIC IDs {})",
+            s.parked,
+            take,
+            ids(&mut s.parked_ids.iter().copied())
+        );
+    }
+    for (cpu, why) in &s.failed {
+        line += &alloc::format!("; CPU {cpu} not started: {why}");
+    }
+    diag!("cpus: {}", line);
+}
+
 /// How many CPUs to wait for: `pvkernel.cpus=N`, else what CPUID leaf 1 says
-/// (logical processors per package, when the HTT bit is set), capped at MAX_CPUS.
+/// (logical processors per package, when the HTT bit is set).
 fn expected_cpus(cmdline: &str) -> u32 {
     if let Some(n) = cmdline_value(cmdline, "pvkernel.cpus").and_then(|v| v.parse().ok()) {
-        return u32::min(n, paravirt::MAX_CPUS as u32);
+        return u32::max(n, 1);
     }
     let l1 = paravirt::cpu::cpuid(1, 0);
     if l1.edx & (1 << 28) == 0 {
         return 1;
     }
-    ((l1.ebx >> 16) & 0xff).clamp(1, paravirt::MAX_CPUS as u32)
+    ((l1.ebx >> 16) & 0xff).max(1)
+}
+
+/// How many CPUs the kernel takes at most: paravirt's capacity, or fewer
+/// with `pvkernel.max_cpus=N` (the rest are parked, and said so).
+pub(crate) fn cpus_taken(cmdline: &str) -> u32 {
+    let max = paravirt::MAX_CPUS as u32;
+    cmdline_value(cmdline, "pvkernel.max_cpus")
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(max, |n| n.clamp(1, max))
 }
 
 /// Deliberate endings for the host's tests of the fatal paths.

@@ -1,6 +1,8 @@
 //! Per-CPU data, reached through the GS base (IA32_GS_BASE points at this CPU's
-//! [`PerCpu`]). Indexed by APIC ID, which is below `paravirt::MAX_CPUS` on every
-//! platform we boot.
+//! [`PerCpu`]). Indexed by the CPU's *index*: 0 for the boot CPU, then 1, 2, ...
+//! in the order the others arrive (or, under Xen PV, their vCPU ids), below
+//! `paravirt::MAX_CPUS`; every CPU also records its APIC ID with paravirt, which
+//! sends IPIs by index (`paravirt::cpus`).
 
 use core::sync::atomic::{AtomicU64, AtomicUsize};
 
@@ -28,6 +30,8 @@ pub struct Mailbox {
 pub struct PerCpu {
     /// This structure's own address (read through GS).
     self_ptr: u64,
+    /// The CPU's index (read through GS: the second word).
+    index: u64,
     /// The APIC ID.
     pub apic_id: u64,
     /// IPIs of the call vector handled here.
@@ -39,6 +43,7 @@ pub struct PerCpu {
 #[allow(clippy::declare_interior_mutable_const)] // used only as an array initializer
 const EMPTY: PerCpu = PerCpu {
     self_ptr: 0,
+    index: 0,
     apic_id: 0,
     calls_handled: AtomicU64::new(0),
     mailbox: Mailbox {
@@ -52,34 +57,40 @@ const EMPTY: PerCpu = PerCpu {
 
 static CPUS: crate::sync::BootCell<[PerCpu; MAX_CPUS]> = crate::sync::BootCell::new([EMPTY; MAX_CPUS]);
 
-/// Sets this CPU's GS base to its slot. Once per CPU, first thing after entry.
-pub fn init_this_cpu(apic_id: u32) {
-    let id = apic_id as usize;
-    assert!(id < MAX_CPUS, "APIC ID {} beyond MAX_CPUS", id);
+/// Sets this CPU's GS base to its slot and records its APIC ID. Once per CPU,
+/// first thing after entry; `index` is below `MAX_CPUS` (a CPU beyond is
+/// parked before it gets here).
+pub fn init_this_cpu(index: u32, apic_id: u32) {
+    let i = paravirt::cpus::slot(index);
     // SAFETY: each CPU writes only its own slot, once, before anyone reads it.
-    let slot = unsafe { CPUS.slot_mut(id) };
+    let slot = unsafe { CPUS.slot_mut(i) };
     slot.self_ptr = slot as *mut PerCpu as u64;
+    slot.index = u64::from(index);
     slot.apic_id = u64::from(apic_id);
+    // Within capacity (checked above), so this cannot fail.
+    let _ = paravirt::cpus::set_apic_id(index, apic_id);
     // SAFETY: GS is not otherwise used by the kernel; its base now points at a static.
     unsafe { paravirt::cpu::write_msr(IA32_GS_BASE, slot.self_ptr) };
 }
 
-/// This CPU's APIC ID (through GS).
-pub fn current_id() -> u32 {
-    let id: u64;
-    // SAFETY: GS points at this CPU's PerCpu (init_this_cpu ran first); apic_id is
-    // the second word.
-    unsafe { core::arch::asm!("mov {}, gs:[8]", out(reg) id, options(nostack, readonly, preserves_flags)) };
-    id as u32
+/// This CPU's index (through GS).
+pub fn current_index() -> u32 {
+    let index: u64;
+    // SAFETY: GS points at this CPU's PerCpu (init_this_cpu ran first); the index
+    // is the second word.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[8]", out(reg) index, options(nostack, readonly, preserves_flags))
+    };
+    index as u32
 }
 
-/// The data of CPU `apic_id`.
-pub fn of(apic_id: u32) -> &'static PerCpu {
+/// The data of CPU `index`.
+pub fn of(index: u32) -> &'static PerCpu {
     // SAFETY: shared access to atomics and fields written once at that CPU's start.
-    unsafe { &(*CPUS.as_ptr())[apic_id as usize % MAX_CPUS] }
+    unsafe { &(*CPUS.as_ptr())[paravirt::cpus::slot(index)] }
 }
 
 /// This CPU's data.
 pub fn this() -> &'static PerCpu {
-    of(current_id())
+    of(current_index())
 }

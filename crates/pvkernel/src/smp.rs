@@ -92,21 +92,17 @@ static FLUSH_END: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64:
 
 fn flush_here(_: u64) -> u64 {
     let (start, end) = (FLUSH_START.load(Ordering::Acquire), FLUSH_END.load(Ordering::Acquire));
-    let me = 1u64 << percpu::current_id();
-    // This CPU's own bit only: the flush stays local.
-    paravirt::mmu::flush_tlb_multi(me, start, end);
+    // This CPU only: the flush stays local.
+    paravirt::mmu::flush_tlb_multi(&paravirt::CpuSet::of(percpu::current_index()), start, end);
     0
 }
 
 /// The kernel's remote TLB flush: a call to every CPU in `cpus`, then a wait.
-fn remote_flush(cpus: u64, start: u64, end: u64) {
+fn remote_flush(cpus: &paravirt::CpuSet, start: u64, end: u64) {
     let _g = FLUSH_RANGE.lock();
     FLUSH_START.store(start, Ordering::Release);
     FLUSH_END.store(end, Ordering::Release);
-    let mut m = cpus & crate::boot::smp::online_mask();
-    while m != 0 {
-        let cpu = m.trailing_zeros();
-        m &= m - 1;
+    for cpu in cpus.and(&crate::boot::smp::online()).iter() {
         let _ = call(cpu, flush_here, 0);
     }
 }

@@ -1,6 +1,7 @@
 //! apic: end of interrupt and inter-processor interrupts.
 
 use crate::backends::native::ops as native;
+use crate::cpus::CpuSet;
 use crate::ops::Op;
 use crate::pv_site;
 
@@ -11,7 +12,7 @@ use crate::pv_site;
 pub struct ApicOps {
     pub eoi: extern "C" fn(),
     pub send_ipi: extern "C" fn(u32, u32),
-    pub send_ipi_mask: extern "C" fn(u64, u32),
+    pub send_ipi_mask: extern "C" fn(*const CpuSet, u32),
 }
 
 impl ApicOps {
@@ -27,16 +28,17 @@ pub fn eoi() {
     unsafe { pv_site!(Op::ApicEoi;) };
 }
 
-/// Sends a fixed interrupt `vector` to the CPU with APIC ID `cpu`.
+/// Sends a fixed interrupt `vector` to CPU `cpu` (an index: see [`crate::cpus`]).
 #[inline(always)]
 pub fn send_ipi(cpu: u32, vector: u32) {
     // SAFETY: the receiver must handle `vector`; that is the kernel's contract.
     unsafe { pv_site!(Op::ApicSendIpi; in("rdi") cpu, in("rsi") vector,) };
 }
 
-/// Sends `vector` to every CPU whose bit is set in `cpus` (bit n = APIC ID n).
+/// Sends `vector` to every CPU in `cpus`.
 #[inline(always)]
-pub fn send_ipi_mask(cpus: u64, vector: u32) {
-    // SAFETY: as send_ipi.
+pub fn send_ipi_mask(cpus: &CpuSet, vector: u32) {
+    let cpus: *const CpuSet = cpus;
+    // SAFETY: as send_ipi; the set outlives the call.
     unsafe { pv_site!(Op::ApicSendIpiMask; in("rdi") cpus, in("rsi") vector,) };
 }

@@ -7,6 +7,7 @@
 //! values. Native applies writes at once.
 
 use crate::backends::native::ops as native;
+use crate::cpus::CpuSet;
 use crate::ops::Op;
 use crate::pv_site;
 
@@ -38,7 +39,7 @@ pub struct MmuOps {
     pub pte_clear: unsafe extern "C" fn(*mut u64, u64),
     pub flush_tlb_all: extern "C" fn(),
     pub flush_tlb_one: extern "C" fn(u64),
-    pub flush_tlb_multi: extern "C" fn(u64, u64, u64),
+    pub flush_tlb_multi: extern "C" fn(*const CpuSet, u64, u64),
     pub alloc_pt: extern "C" fn(u32, u64),
     pub release_pt: extern "C" fn(u32, u64),
     pub lazy_enter: extern "C" fn(),
@@ -176,13 +177,13 @@ pub fn flush_tlb_one(va: u64) {
     unsafe { pv_site!(Op::MmuFlushTlbOne; in("rdi") va,) };
 }
 
-/// Flushes `[start, end)` on every CPU in `cpus` (bit n = CPU n), waiting until
-/// all are done. This CPU flushes itself; the others are reached through the
+/// Flushes `[start, end)` on every CPU in `cpus`, waiting until all are done. This CPU flushes itself; the others are reached through the
 /// kernel's handler (see [`set_remote_flush`]) unless the backend can do better
 /// (KVM flushes preempted vCPUs on their next entry instead).
 #[inline(always)]
-pub fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
-    // SAFETY: a flush only drops cached translations.
+pub fn flush_tlb_multi(cpus: &CpuSet, start: u64, end: u64) {
+    let cpus: *const CpuSet = cpus;
+    // SAFETY: a flush only drops cached translations; the set outlives the call.
     unsafe { pv_site!(Op::MmuFlushTlbMulti; in("rdi") cpus, in("rsi") start, in("rdx") end,) };
 }
 
@@ -227,7 +228,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// How the kernel flushes other CPUs' TLBs: `(cpus, start, end)`, returning when
 /// they are done. Registered once by the kernel when it can send IPIs.
-pub type RemoteFlush = fn(u64, u64, u64);
+pub type RemoteFlush = fn(&CpuSet, u64, u64);
 
 static REMOTE_FLUSH: AtomicUsize = AtomicUsize::new(0);
 
@@ -238,9 +239,9 @@ pub fn set_remote_flush(f: RemoteFlush) {
 
 /// Flushes `[start, end)` on the CPUs in `cpus` other than this one, through the
 /// kernel's handler (nothing happens before one is registered).
-pub(crate) fn remote_flush(cpus: u64, start: u64, end: u64) {
+pub(crate) fn remote_flush(cpus: &CpuSet, start: u64, end: u64) {
     let f = REMOTE_FLUSH.load(Ordering::Acquire);
-    if f != 0 && cpus != 0 {
+    if f != 0 && !cpus.is_empty() {
         // SAFETY: only `set_remote_flush` stores non-zero values, each a RemoteFlush.
         let f: RemoteFlush = unsafe { core::mem::transmute::<usize, RemoteFlush>(f) };
         f(cpus, start, end);

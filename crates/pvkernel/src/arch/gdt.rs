@@ -12,7 +12,8 @@ pub const TSS_SEL: u16 = 0x18;
 /// IST slot used for #DF.
 pub const IST_DOUBLE_FAULT: u8 = 1;
 
-const IST_STACK_SIZE: usize = 16 * 1024;
+/// Size of a CPU's double-fault stack.
+pub const IST_STACK_SIZE: usize = 16 * 1024;
 
 /// 64-bit TSS (Intel SDM vol. 3, 8.7).
 #[derive(Clone, Copy)]
@@ -30,9 +31,10 @@ struct Tss {
 #[repr(C, align(16))]
 struct IstStack([u8; IST_STACK_SIZE]);
 
+/// The boot CPU's double-fault stack (the others' come with their stacks:
+/// `boot::smp`).
 #[link_section = ".stack"]
-static DOUBLE_FAULT_STACKS: BootCell<[IstStack; MAX_CPUS]> =
-    BootCell::new([const { IstStack([0; IST_STACK_SIZE]) }; MAX_CPUS]);
+static BOOT_DOUBLE_FAULT_STACK: BootCell<IstStack> = BootCell::new(IstStack([0; IST_STACK_SIZE]));
 
 const TSS: Tss = Tss {
     reserved0: 0,
@@ -56,13 +58,15 @@ const GDT: [u64; 5] = [
 
 static GDTS: BootCell<[[u64; 5]; MAX_CPUS]> = BootCell::new([GDT; MAX_CPUS]);
 
-/// Loads CPU `cpu`'s GDT and TSS. Once per CPU, on that CPU, before interrupts.
-pub fn init(cpu: u32) {
-    let i = cpu as usize % MAX_CPUS;
+/// Loads CPU `cpu`'s GDT and TSS, its double faults running on the stack that
+/// ends at `double_fault_stack_top` (`None`: the boot CPU's static one). Once
+/// per CPU, on that CPU, before interrupts.
+pub fn init(cpu: u32, double_fault_stack_top: Option<u64>) {
+    let i = paravirt::cpus::slot(cpu);
     // SAFETY: each CPU touches only its own slots, once, before anything else does.
     let (tss, gdt) = unsafe { (TSSES.slot_mut(i), GDTS.slot_mut(i)) };
-    let stacks = DOUBLE_FAULT_STACKS.as_ptr() as u64;
-    let ist_top = stacks + ((i + 1) * IST_STACK_SIZE) as u64;
+    let ist_top =
+        double_fault_stack_top.unwrap_or(BOOT_DOUBLE_FAULT_STACK.as_ptr() as u64 + IST_STACK_SIZE as u64);
     tss.ist[usize::from(IST_DOUBLE_FAULT) - 1] = ist_top;
 
     let base = tss as *const Tss as u64;

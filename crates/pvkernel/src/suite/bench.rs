@@ -261,12 +261,10 @@ fn wait_then_stamp(_: u64) -> u64 {
 /// IPI round trip (a call that does nothing) and kick→wake latency to another CPU.
 fn cross_cpu_latency(iters: u64) {
     use core::sync::atomic::Ordering;
-    let me = crate::percpu::current_id();
-    let others = crate::boot::smp::online_mask() & !(1 << me);
-    if others == 0 {
+    let me = crate::percpu::current_index();
+    let Some(cpu) = crate::boot::smp::online().iter().find(|&c| c != me) else {
         return;
-    }
-    let cpu = others.trailing_zeros();
+    };
     let t0 = paravirt::time::clock_ns();
     for _ in 0..iters {
         let _ = crate::smp::call(cpu, nothing, 0);

@@ -59,14 +59,15 @@ fn self_ipi(ctx: &mut Ctx) -> TestResult {
     }
     irq::disable();
     let before = traps::irq_count(apic::TEST_IPI_VECTOR);
-    paravirt::apic::send_ipi(crate::percpu::current_id(), u32::from(apic::TEST_IPI_VECTOR));
+    paravirt::apic::send_ipi(crate::percpu::current_index(), u32::from(apic::TEST_IPI_VECTOR));
     // Pending with IF clear; `sti; hlt` takes it at once.
     // SAFETY: the IDT is loaded; the handler acknowledges the IPI.
     unsafe { irq::safe_halt() };
     irq::disable();
     ensure!(traps::irq_count(apic::TEST_IPI_VECTOR) == before + 1, "self-IPI not delivered once");
     let before = traps::irq_count(apic::TEST_IPI_VECTOR);
-    paravirt::apic::send_ipi_mask(1 << crate::percpu::current_id(), u32::from(apic::TEST_IPI_VECTOR));
+    let me = paravirt::CpuSet::of(crate::percpu::current_index());
+    paravirt::apic::send_ipi_mask(&me, u32::from(apic::TEST_IPI_VECTOR));
     // SAFETY: as above.
     unsafe { irq::safe_halt() };
     irq::disable();

@@ -14,7 +14,7 @@ pub static TESTS: &[Test] = &[
 ];
 
 fn wait_kick(_: &mut Ctx) -> TestResult {
-    let me = crate::percpu::current_id();
+    let me = crate::percpu::current_index();
     let byte = AtomicU8::new(1);
     // The value differs, so wait must return.
     lock::wait(&byte, 0);

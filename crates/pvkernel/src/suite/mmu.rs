@@ -59,8 +59,8 @@ fn set_pte_flush_one(_: &mut Ctx) -> TestResult {
 
 fn set_pte_flush_all(_: &mut Ctx) -> TestResult {
     retarget(TEST_VA + 0x11_000, |_| mmu::flush_tlb_all())?;
-    let me = 1u64 << crate::percpu::current_id();
-    retarget(TEST_VA + 0x12_000, |va| mmu::flush_tlb_multi(me, va, va + PAGE_SIZE))
+    let me = paravirt::CpuSet::of(crate::percpu::current_index());
+    retarget(TEST_VA + 0x12_000, |va| mmu::flush_tlb_multi(&me, va, va + PAGE_SIZE))
 }
 
 const BATCH_PAGES: u64 = 32;

@@ -23,6 +23,7 @@ use super::abi::{self, feature, hc, KvmStealTime, PvclockVcpuTimeInfo, PvclockWa
 use super::probe;
 use crate::backends::native::ops as native;
 use crate::backends::pvclock::{self, versioned};
+use crate::cpus::CpuSet;
 use crate::ops::time::WallClock;
 use crate::ops::Op;
 use crate::select::{AbiLine, InitEnv, OpSet};
@@ -64,8 +65,8 @@ const EMPTY: PerCpu = PerCpu {
 static SHARED: Shared = Shared(UnsafeCell::new([EMPTY; MAX_CPUS]));
 
 fn per_cpu(cpu: u32) -> *mut PerCpu {
-    let i = (cpu as usize).min(MAX_CPUS - 1);
-    // SAFETY: in bounds; only a raw pointer is formed.
+    let i = crate::cpus::slot(cpu);
+    // SAFETY: in bounds (`slot` refuses anything else); only a raw pointer is formed.
     unsafe { (SHARED.0.get() as *mut PerCpu).add(i) }
 }
 
@@ -316,13 +317,12 @@ extern "C" fn vcpu_is_preempted(cpu: u32) -> u64 {
 
 /// Linux's kvm_flush_tlb_multi: a preempted vCPU gets FLUSH_TLB in its steal-time
 /// record (KVM flushes before it runs again); only running ones need the IPI.
-extern "C" fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
+extern "C" fn flush_tlb_multi(cpus: *const CpuSet, start: u64, end: u64) {
+    // SAFETY: the op's caller passes a live set (`mmu::flush_tlb_multi` takes a reference).
+    let cpus = unsafe { &*cpus };
     let me = current_cpu();
-    let mut rest = cpus;
-    let mut m = cpus & !(1 << me);
-    while m != 0 {
-        let cpu = m.trailing_zeros();
-        m &= m - 1;
+    let mut rest = *cpus;
+    for cpu in cpus.iter().filter(|&c| c != me) {
         let b = preempted_byte(cpu);
         let state = b.load(Ordering::Relaxed);
         if state & abi::preempted::PREEMPTED != 0
@@ -334,11 +334,11 @@ extern "C" fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
             )
             .is_ok()
         {
-            rest &= !(1 << cpu);
+            rest.remove(cpu);
             TLB_DEFERRED.fetch_add(1, Ordering::Relaxed);
         }
     }
-    native::flush_tlb_multi(rest, start, end);
+    native::flush_tlb_multi(&rest, start, end);
 }
 
 /// PV EOI: if KVM set the bit, clearing it (one `btr`, so no interrupt can slip
@@ -364,20 +364,35 @@ extern "C" fn pv_eoi() {
 /// APIC ICR delivery mode "fixed", physical destination.
 const ICR_FIXED: u64 = 0;
 
-extern "C" fn send_ipi_mask(cpus: u64, vector: u32) {
-    if cpus == 0 {
-        return;
-    }
-    let min = cpus.trailing_zeros();
-    let bitmap = cpus >> min;
-    let r = hypercall(hc::SEND_IPI, bitmap, 0, u64::from(min), ICR_FIXED | u64::from(vector & 0xff));
-    if r < 0 {
-        native::send_ipi_mask(cpus, vector);
+/// KVM_HC_SEND_IPI names APIC IDs in a 128-bit window from its lowest: one
+/// call per window the set's APIC IDs span (Linux's __send_ipi_mask); a call
+/// KVM refuses falls back to the APIC for that window's CPUs.
+extern "C" fn send_ipi_mask(cpus: *const CpuSet, vector: u32) {
+    // SAFETY: the op's caller passes a live set (`apic::send_ipi_mask` takes a reference).
+    let mut left = unsafe { *cpus };
+    while let Some(first) = left.iter().min_by_key(|&c| crate::cpus::apic_id(c)) {
+        let min = crate::cpus::apic_id(first);
+        let (mut low, mut high, mut window) = (0u64, 0u64, CpuSet::EMPTY);
+        for cpu in left.iter() {
+            match crate::cpus::apic_id(cpu) - min {
+                d @ 0..64 => low |= 1 << d,
+                d @ 64..128 => high |= 1 << (d - 64),
+                _ => continue,
+            }
+            window.insert(cpu);
+        }
+        let r = hypercall(hc::SEND_IPI, low, high, u64::from(min), ICR_FIXED | u64::from(vector & 0xff));
+        if r < 0 {
+            native::send_ipi_mask(&window, vector);
+        }
+        for cpu in window.iter() {
+            left.remove(cpu);
+        }
     }
 }
 
 extern "C" fn send_ipi(cpu: u32, vector: u32) {
-    send_ipi_mask(1 << cpu, vector);
+    send_ipi_mask(&CpuSet::of(cpu), vector);
 }
 
 /// Halts until kicked while `*byte == value` (as Linux's kvm_wait).
@@ -397,10 +412,12 @@ extern "C" fn lock_wait(byte: *const u8, value: u8) {
     unsafe { native::restore_flags(flags) };
 }
 
+/// KVM names the target by APIC ID.
 extern "C" fn yield_to(cpu: u32) {
-    hypercall(hc::SCHED_YIELD, u64::from(cpu), 0, 0, 0);
+    hypercall(hc::SCHED_YIELD, u64::from(crate::cpus::apic_id(cpu)), 0, 0, 0);
 }
 
+/// KVM names the target by APIC ID.
 extern "C" fn lock_kick(cpu: u32) {
-    hypercall(hc::KICK_CPU, 0, u64::from(cpu), 0, 0);
+    hypercall(hc::KICK_CPU, 0, u64::from(crate::cpus::apic_id(cpu)), 0, 0);
 }

@@ -352,7 +352,7 @@ extern "C" fn flush_tlb_one(va: u64) {
 }
 
 /// One CPU: the local flush, page by page for a short range.
-extern "C" fn flush_tlb_multi(_cpus: u64, start: u64, end: u64) {
+extern "C" fn flush_tlb_multi(_cpus: *const crate::cpus::CpuSet, start: u64, end: u64) {
     if end.saturating_sub(start) <= 4096 {
         flush_tlb_one(start);
     } else {
@@ -414,7 +414,7 @@ extern "C" fn set_timer(deadline_ns: u64, vector: u32) -> bool {
 /// One CPU and no local APIC: there is nobody to interrupt.
 extern "C" fn no_ipi(_cpu: u32, _vector: u32) {}
 
-extern "C" fn no_ipi_mask(_cpus: u64, _vector: u32) {}
+extern "C" fn no_ipi_mask(_cpus: *const crate::cpus::CpuSet, _vector: u32) {}
 
 // --------------------------------------------------------- console, power ---
 

@@ -6,6 +6,8 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use crate::cpus::CpuSet;
+
 use crate::ops::cpu::{CpuidResult, DescriptorTablePointer, MsrResult};
 
 pub(crate) extern "C" fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
@@ -311,10 +313,14 @@ pub(crate) extern "C" fn nop() {}
 
 pub(crate) extern "C" fn pt_notify(_level: u32, _pfn: u64) {}
 
-pub(crate) extern "C" fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
-    let me = 1u64 << crate::current_cpu();
-    crate::ops::mmu::remote_flush(cpus & !me, start, end);
-    if cpus & me != 0 {
+pub(crate) extern "C" fn flush_tlb_multi(cpus: *const CpuSet, start: u64, end: u64) {
+    // SAFETY: the op's caller passes a live set (`mmu::flush_tlb_multi` takes a reference).
+    let cpus = unsafe { &*cpus };
+    let me = crate::current_cpu();
+    let mut others = *cpus;
+    others.remove(me);
+    crate::ops::mmu::remote_flush(&others, start, end);
+    if cpus.contains(me) {
         flush_tlb_range(start, end);
     }
 }
@@ -547,7 +553,7 @@ pub(crate) extern "C" fn apic_eoi() {
 }
 
 pub(crate) extern "C" fn send_ipi(cpu: u32, vector: u32) {
-    apic_write(APIC_ICR_HIGH, cpu << 24);
+    apic_write(APIC_ICR_HIGH, crate::cpus::apic_id(cpu) << 24);
     // Fixed delivery, physical destination, assert.
     apic_write(APIC_ICR_LOW, (vector & 0xff) | (1 << 14));
     while apic_read(APIC_ICR_LOW) & (1 << 12) != 0 {
@@ -555,12 +561,10 @@ pub(crate) extern "C" fn send_ipi(cpu: u32, vector: u32) {
     }
 }
 
-pub(crate) extern "C" fn send_ipi_mask(cpus: u64, vector: u32) {
-    let mut m = cpus;
-    while m != 0 {
-        let cpu = m.trailing_zeros();
+pub(crate) extern "C" fn send_ipi_mask(cpus: *const CpuSet, vector: u32) {
+    // SAFETY: the op's caller passes a live set (`apic::send_ipi_mask` takes a reference).
+    for cpu in unsafe { &*cpus }.iter() {
         send_ipi(cpu, vector);
-        m &= m - 1;
     }
 }
 

@@ -403,6 +403,9 @@ pub struct XenAddToPhysmap {
 /// `vcpu_info`s of 64 bytes, each with its `vcpu_time_info` at +32, then the
 /// event-channel bitmaps, then the wall clock.
 pub mod shared_info {
+    /// `XEN_LEGACY_MAX_VCPUS`: the `vcpu_info`s shared_info holds; a vCPU
+    /// beyond needs `VCPUOP_register_vcpu_info`, which this backend does not use.
+    pub const VCPUS: usize = 32;
     /// Size of one `vcpu_info`.
     pub const VCPU_INFO_SIZE: usize = 64;
     /// Offset of `time` (a pvclock record) in a `vcpu_info`.

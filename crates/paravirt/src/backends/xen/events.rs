@@ -167,14 +167,19 @@ pub(super) unsafe fn record_idt(idt: &DescriptorTablePointer, mut each: impl FnM
     }
 }
 
-/// This CPU's index into the per-CPU tables (and its vCPU id).
+/// This CPU's index into the per-CPU tables (and its vCPU id: under Xen PV
+/// the kernel starts vCPU n as its CPU n).
 fn this_cpu() -> usize {
-    crate::current_cpu() as usize % MAX_CPUS
+    crate::cpus::slot(crate::current_cpu())
 }
 
-/// The byte or word at `off` in this vCPU's `vcpu_info`.
+/// The byte or word at `off` in this vCPU's `vcpu_info`, of the
+/// [`si::VCPUS`] shared_info holds (a vCPU beyond is never started: see
+/// `pv::start_cpu`).
 pub(super) fn vcpu_field<T>(off: usize) -> *mut T {
-    (SHARED_INFO.0.get() as usize + this_cpu() * si::VCPU_INFO_SIZE + off) as *mut T
+    let cpu = this_cpu();
+    assert!(cpu < si::VCPUS, "xen: vCPU {cpu} has no vcpu_info in shared_info (it holds {})", si::VCPUS);
+    (SHARED_INFO.0.get() as usize + cpu * si::VCPU_INFO_SIZE + off) as *mut T
 }
 
 pub(super) fn upcall_mask() -> &'static AtomicU8 {
@@ -209,7 +214,7 @@ pub(super) fn raise(cpu: usize, vector: u32) {
     if !(32..256).contains(&vector) {
         return;
     }
-    PENDING_VECTORS[cpu % MAX_CPUS][(vector as usize / 64) % 4]
+    PENDING_VECTORS[crate::cpus::slot(cpu as u32)][(vector as usize / 64) % 4]
         .fetch_or(1 << (vector % 64), Ordering::AcqRel);
 }
 
@@ -304,13 +309,13 @@ extern "C" fn upcall_exit(interrupted_rflags: u64) -> u64 {
 pub(super) fn bind_timer(cpu: u32) {
     call(hc::VCPU_OP, [super::abi::VCPUOP_STOP_PERIODIC_TIMER, u64::from(cpu), 0, 0, 0]);
     let port = bind(evtchn::BIND_VIRQ, &mut [evtchn::VIRQ_TIMER, cpu, 0]);
-    TIMER_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
+    TIMER_PORT[crate::cpus::slot(cpu)].store(port, Ordering::Relaxed);
 }
 
 /// Binds an IPI port for vCPU `cpu` (from any vCPU).
 pub(super) fn bind_ipi(cpu: u32) {
     let port = bind(evtchn::BIND_IPI, &mut [cpu, 0]);
-    IPI_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
+    IPI_PORT[crate::cpus::slot(cpu)].store(port, Ordering::Relaxed);
 }
 
 /// Per CPU: the port a spinlock waiter polls (masked: it never raises the upcall).
@@ -320,7 +325,7 @@ static KICK_PORT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_PORT) }; MA
 pub(super) fn bind_kick(cpu: u32) {
     let Some(port) = bind_port(evtchn::BIND_IPI, &mut [cpu, 0]) else { return };
     shared_word(si::EVTCHN_MASK, port as usize / 64).fetch_or(1 << (port % 64), Ordering::AcqRel);
-    KICK_PORT[cpu as usize % MAX_CPUS].store(port, Ordering::Relaxed);
+    KICK_PORT[crate::cpus::slot(cpu)].store(port, Ordering::Relaxed);
 }
 
 /// The PV spinlock wait: clear this CPU's kick port, re-check the byte, then
@@ -343,7 +348,7 @@ pub(super) extern "C" fn lock_wait(byte: *const u8, value: u8) {
 
 /// Wakes `cpu` from [`lock_wait`].
 pub(super) extern "C" fn lock_kick(cpu: u32) {
-    let port = KICK_PORT[cpu as usize % MAX_CPUS].load(Ordering::Relaxed);
+    let port = KICK_PORT[crate::cpus::slot(cpu)].load(Ordering::Relaxed);
     if port != NO_PORT {
         call3(hc::EVENT_CHANNEL_OP, evtchn::SEND, ptr(&port), 0);
     }
@@ -351,7 +356,7 @@ pub(super) extern "C" fn lock_kick(cpu: u32) {
 
 /// Raises `vector` on `cpu` through its IPI port; false if it has none.
 pub(super) fn send_ipi(cpu: u32, vector: u32) -> bool {
-    let port = IPI_PORT[cpu as usize % MAX_CPUS].load(Ordering::Relaxed);
+    let port = IPI_PORT[crate::cpus::slot(cpu)].load(Ordering::Relaxed);
     if port == NO_PORT {
         return false;
     }

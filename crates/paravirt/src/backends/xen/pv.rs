@@ -56,12 +56,13 @@ use super::ops::{self as common, SHARED_INFO};
 use super::runstate;
 use crate::backends::native::ops as native;
 use crate::backends::pvclock;
+use crate::cpus::CpuSet;
 use crate::lazy::{LazyQueue, Update};
 use crate::ops::cpu::{CpuidResult, DescriptorTablePointer};
 use crate::ops::Op;
 use crate::select::{AbiLine, OpSet};
 use crate::table::PvOps;
-use crate::{StartCpu, MAX_CPUS};
+use crate::StartCpu;
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -70,11 +71,18 @@ const IF: u64 = 1 << 9;
 
 static NR_PAGES: AtomicU64 = AtomicU64::new(0);
 static P2M: AtomicU64 = AtomicU64::new(0);
-/// Per CPU: the root it runs on (pseudo-physical).
-static CR3: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// vCPUs this flavour runs: the `vcpu_info`s shared_info holds.
+const MAX_VCPUS: usize = si::VCPUS;
 
+/// Per vCPU: the root it runs on (pseudo-physical).
+static CR3: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+
+/// This CPU's index, which is its vCPU id (the kernel starts vCPU n as CPU n).
+/// [`start_cpu`] starts none beyond [`MAX_VCPUS`].
 fn this_cpu() -> usize {
-    crate::current_cpu() as usize % MAX_CPUS
+    let cpu = crate::cpus::slot(crate::current_cpu());
+    assert!(cpu < MAX_VCPUS, "xen-pv: CPU {cpu} is beyond the {MAX_VCPUS} vCPUs this flavour runs");
+    cpu
 }
 
 /// Counters a conformance kit wants to see.
@@ -445,7 +453,7 @@ struct LazyState {
 
 const QUEUE_LEN: usize = 512;
 
-struct LazyCell([UnsafeCell<LazyState>; MAX_CPUS]);
+struct LazyCell([UnsafeCell<LazyState>; MAX_VCPUS]);
 
 // SAFETY: each CPU uses only its own slot, and never from the upcall (entry
 // writes are not made in interrupt handlers), so no slot is shared.
@@ -458,7 +466,7 @@ static LAZY: LazyCell = LazyCell(
             flush_owed: false,
             reqs: [MmuUpdate { ptr: 0, val: 0 }; QUEUE_LEN],
         })
-    }; MAX_CPUS],
+    }; MAX_VCPUS],
 );
 
 /// This CPU's lazy state.
@@ -571,18 +579,21 @@ extern "C" fn flush_tlb_one(va: u64) {
 
 /// Xen flushes every vCPU in the mask itself (no IPIs): the range page by page
 /// when it is short, else the whole TLB.
-extern "C" fn flush_tlb_multi(cpus: u64, start: u64, end: u64) {
+extern "C" fn flush_tlb_multi(cpus: *const CpuSet, start: u64, end: u64) {
     flush_queue();
     const MAX_PAGES: u64 = 32;
-    let mask = cpus; // vCPU ids are the kernel's CPU numbers
+    // vCPU ids are the kernel's CPU indices, and a CpuSet is laid out as
+    // Xen's vcpumask (a bitmap of 64-bit words).
+    // SAFETY: the op's caller passes a live set (`mmu::flush_tlb_multi` takes a reference).
+    let mask: &CpuSet = unsafe { &*cpus };
     let pages = end.saturating_sub(start).div_ceil(4096);
     if pages > MAX_PAGES {
-        mmuext_one(mmuext::TLB_FLUSH_MULTI, 0, ptr(&mask));
+        mmuext_one(mmuext::TLB_FLUSH_MULTI, 0, ptr(mask));
         return;
     }
     let mut ops = [MmuextOp::default(); MAX_PAGES as usize];
     for (i, op) in ops.iter_mut().take(pages as usize).enumerate() {
-        *op = MmuextOp { cmd: mmuext::INVLPG_MULTI, pad: 0, arg1: start + i as u64 * 4096, arg2: ptr(&mask) };
+        *op = MmuextOp { cmd: mmuext::INVLPG_MULTI, pad: 0, arg1: start + i as u64 * 4096, arg2: ptr(mask) };
     }
     call(hc::MMUEXT_OP, [ops.as_ptr() as u64, pages, 0, u64::from(abi::DOMID_SELF), 0]);
 }
@@ -642,11 +653,10 @@ extern "C" fn send_ipi(cpu: u32, vector: u32) {
     events::send_ipi(cpu, vector);
 }
 
-extern "C" fn send_ipi_mask(cpus: u64, vector: u32) {
-    let mut m = cpus;
-    while m != 0 {
-        events::send_ipi(m.trailing_zeros(), vector);
-        m &= m - 1;
+extern "C" fn send_ipi_mask(cpus: *const CpuSet, vector: u32) {
+    // SAFETY: the op's caller passes a live set (`apic::send_ipi_mask` takes a reference).
+    for cpu in unsafe { &*cpus }.iter() {
+        events::send_ipi(cpu, vector);
     }
 }
 
@@ -660,8 +670,8 @@ extern "C" fn yield_to(_cpu: u32) {
 /// mode on this CPU's page tables, with the same trap table and callbacks, its
 /// timer and IPI ports bound and its events masked.
 pub fn start_cpu(cpu: u32, entry: u64, stack_top: u64) -> StartCpu {
-    if cpu as usize >= MAX_CPUS {
-        return StartCpu::Failed(-22); // EINVAL: no per-CPU state for it
+    if cpu as usize >= MAX_VCPUS {
+        return StartCpu::Beyond { max: MAX_VCPUS as u32 };
     }
     events::bind_timer(cpu);
     events::bind_ipi(cpu);
