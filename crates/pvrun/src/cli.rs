@@ -19,9 +19,10 @@ Exit status:
                 Reboot; stderr says 'pvrun: guest requested a reset'. Or an
                 lguest guest powered off (SHUTDOWN); stderr says 'pvrun: guest
                 powered off: <reason>'. Also --probe-host
-  2             bad input: arguments, kernel file, memory size, --cpus,
-                --cpuid-mask, command line; --personality lguest with a kernel
-                that has no lguest64 entry or speaks another ABI major version;
+  2             bad input: arguments, kernel file, memory size, --cpus (0,
+                above 255 or above what KVM allows), --cpuid-mask, command
+                line; --personality lguest with a kernel that has no lguest64
+                entry or speaks another ABI major version;
                 --vmi-rom/--vmi-corrupt without --personality vmi, or the trap
                 ROM with more than one vCPU
   4             the guest crashed: triple fault, KVM internal error, failed entry
@@ -72,8 +73,9 @@ clocksource_stable_bit (24); or bit numbers 0..=31.";
     name = "pvrun",
     version,
     about = "Boots a PVH kernel ELF in a minimal KVM virtual machine",
-    long_about = "Boots a PVH kernel ELF in a minimal KVM virtual machine: 1 to 8 vCPUs \
-                  (vCPU 0 enters the kernel, the others wait for INIT-SIPI-SIPI), guest RAM at \
+    long_about = "Boots a PVH kernel ELF in a minimal KVM virtual machine: 1 to 255 vCPUs, \
+                  and at most what KVM allows: KVM_CAP_MAX_VCPUS (vCPU 0 enters the kernel, the \
+                  others wait for INIT-SIPI-SIPI), guest RAM at \
                   physical address 0, a 16550 UART on COM1 (0x3f8) copied to stdout, and \
                   QEMU's isa-debug-exit port at 0xf4 to end the run with a status.",
     after_help = AFTER_HELP
@@ -110,7 +112,8 @@ pub struct Cli {
     #[arg(long)]
     pub stats: bool,
 
-    /// Number of vCPUs (1..=8); vCPU 0 boots, the others wait for INIT-SIPI-SIPI
+    /// Number of vCPUs: 1..=255, and at most what KVM allows: KVM_CAP_MAX_VCPUS (see
+    /// --probe-host); vCPU 0 boots, the others wait for INIT-SIPI-SIPI
     #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
     pub cpus: u32,
 
@@ -285,7 +288,15 @@ mod tests {
         assert_eq!(c.personality, Personality::None);
         assert_eq!(c.cpuid_mask, (1 << 6) | (1 << 5) | (1 << 3));
         assert!(!c.hypercall_probe);
-        for (cpus, ok) in [("0", false), ("1", true), ("8", true), ("9", false), ("-1", false)] {
+        for (cpus, ok) in [
+            ("0", false),
+            ("1", true),
+            ("8", true),
+            ("9", true),
+            ("255", true),
+            ("256", false),
+            ("-1", false),
+        ] {
             let parsed = parse(&["--cpus", cpus, "k"]);
             let valid = parsed.is_ok_and(|c| c.into_config().validate().is_ok());
             assert_eq!(valid, ok, "--cpus {cpus}");

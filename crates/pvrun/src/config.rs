@@ -6,12 +6,15 @@ use std::time::Duration;
 use crate::cpuid::Personality;
 use crate::layout;
 use crate::pvh::{self, BootInfoError};
+use crate::vm::VcpuLimit;
 use crate::vmi::{Corruption, Flavour};
 
 /// Longest accepted timeout (one day): keeps `Instant + timeout` finite.
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
-/// Most vCPUs a VM may have.
-pub const CPUS_MAX: u32 = 8;
+/// Most vCPUs pvrun runs: vCPU `n` has APIC ID `n` and the guest is told
+/// xAPIC IDs (8 bits, 0xFF being the broadcast ID), so IDs 0..=254. A KVM
+/// may allow fewer ([`VcpuLimit`], checked once KVM is open).
+pub const CPUS_MAX: u32 = 255;
 
 /// The configuration of one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,8 +29,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// The KVM device.
     pub kvm_path: PathBuf,
-    /// Number of vCPUs (1..=[`CPUS_MAX`]); vCPU 0 boots, the others wait
-    /// for INIT/SIPI.
+    /// Number of vCPUs (1..=[`CPUS_MAX`], and at most what KVM allows:
+    /// [`VcpuLimit`]); vCPU 0 boots, the others wait for INIT/SIPI.
     pub cpus: u32,
     /// What the guest sees of the hypervisor in CPUID.
     pub personality: Personality,
@@ -102,6 +105,16 @@ impl VmConfig {
         }
         Ok(())
     }
+
+    /// Checks `cpus` against what this KVM allows (`limit`, from
+    /// [`VcpuLimit::query`]); [`VmConfig::validate`] has checked it against
+    /// [`CPUS_MAX`] already.
+    pub fn check_vcpu_limit(&self, limit: VcpuLimit) -> Result<(), ConfigError> {
+        if self.cpus > limit.cpus_max() {
+            return Err(ConfigError::CpusAboveKvmLimit { cpus: self.cpus, limit });
+        }
+        Ok(())
+    }
 }
 
 /// An invalid configuration (exit 2).
@@ -122,6 +135,17 @@ pub enum ConfigError {
     CpusOutOfRange {
         /// The rejected count.
         cpus: u32,
+    },
+    /// `cpus` is more than this KVM allows.
+    #[error(
+        "vCPU count {cpus} is more than this KVM allows: --cpus must be at most {} here ({limit})",
+        limit.cpus_max()
+    )]
+    CpusAboveKvmLimit {
+        /// The rejected count.
+        cpus: u32,
+        /// KVM's limit.
+        limit: VcpuLimit,
     },
     /// lguest (its async ring, its interrupt model) is uniprocessor.
     #[error("--personality lguest runs one vCPU (lguest is uniprocessor); got --cpus {cpus}")]
@@ -195,15 +219,68 @@ mod tests {
 
     #[test]
     fn cpus_range_is_enforced() {
-        for (cpus, ok) in [(0, false), (1, true), (2, true), (8, true), (9, false)] {
+        for (cpus, ok) in [
+            (0, false),
+            (1, true),
+            (2, true),
+            (8, true),
+            (9, true),
+            (64, true),
+            (254, true),
+            (255, true),
+            (256, false),
+            (1024, false),
+            (u32::MAX, false),
+        ] {
             let c = VmConfig { cpus, ..VmConfig::new("k") };
             assert_eq!(c.validate().is_ok(), ok, "{cpus} CPUs");
         }
-        let c = VmConfig { cpus: 9, ..VmConfig::new("k") };
+        for cpus in [0, 256] {
+            let c = VmConfig { cpus, ..VmConfig::new("k") };
+            assert_eq!(
+                c.validate().unwrap_err().to_string(),
+                format!("vCPU count {cpus} is out of range: --cpus must be between 1 and 255")
+            );
+        }
+    }
+
+    #[test]
+    fn cpus_are_checked_against_kvms_limit() {
+        use crate::error::{Error, EXIT_BAD_INPUT};
+        use crate::vm::VcpuLimitSource;
+        let limit = VcpuLimit { kvm: 12, source: VcpuLimitSource::MaxVcpus };
+        for (cpus, ok) in [(1, true), (12, true), (13, false), (255, false)] {
+            let c = VmConfig { cpus, ..VmConfig::new("k") };
+            assert_eq!(c.check_vcpu_limit(limit).is_ok(), ok, "{cpus} CPUs");
+        }
+        let err =
+            Error::from(VmConfig { cpus: 13, ..VmConfig::new("k") }.check_vcpu_limit(limit).unwrap_err());
         assert_eq!(
-            c.validate().unwrap_err().to_string(),
-            "vCPU count 9 is out of range: --cpus must be between 1 and 8"
+            err.to_string(),
+            "vCPU count 13 is more than this KVM allows: --cpus must be at most 12 here \
+             (KVM_CAP_MAX_VCPUS is 12)"
         );
+        assert_eq!(err.exit_code(), EXIT_BAD_INPUT);
+        // A KVM that allows more than pvrun takes: pvrun's 255 is the limit.
+        let big = VcpuLimit { kvm: 1024, source: VcpuLimitSource::MaxVcpus };
+        assert_eq!(big.cpus_max(), 255);
+        VmConfig { cpus: 255, ..VmConfig::new("k") }.check_vcpu_limit(big).unwrap();
+        // The fallbacks say where the number came from.
+        let nr = VcpuLimit::from_caps(0, 2);
+        let err = VmConfig { cpus: 3, ..VmConfig::new("k") }.check_vcpu_limit(nr).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "vCPU count 3 is more than this KVM allows: --cpus must be at most 2 here \
+             (KVM_CAP_NR_VCPUS is 2; KVM reports no KVM_CAP_MAX_VCPUS)"
+        );
+        let none = VcpuLimit::from_caps(-1, 0);
+        let err = VmConfig { cpus: 9, ..VmConfig::new("k") }.check_vcpu_limit(none).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "vCPU count 9 is more than this KVM allows: --cpus must be at most 8 here \
+             (KVM reports neither KVM_CAP_MAX_VCPUS nor KVM_CAP_NR_VCPUS; pvrun assumes 8)"
+        );
+        assert!(!err.to_string().contains('\n'));
     }
 
     #[test]

@@ -127,7 +127,9 @@ pub fn parse_feature_mask(list: &str) -> Result<u32, MaskError> {
 /// How to patch KVM's supported CPUID for every vCPU of a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuidSpec {
-    /// Number of vCPUs (1..=8): `CPUID.1:EBX[23:16]`, and HTT when > 1.
+    /// Number of vCPUs (1..=255, [`crate::config::CPUS_MAX`]):
+    /// `CPUID.1:EBX[23:16]` (8 bits), and HTT when > 1. vCPU `n` has APIC
+    /// ID `n` (0..=254: the xAPIC's 8 bits, 0xFF being the broadcast ID).
     pub cpus: u8,
     /// What the guest sees of the hypervisor.
     pub personality: Personality,
@@ -243,7 +245,9 @@ mod tests {
 
     #[test]
     fn apic_ids_and_count() {
-        for (cpus, apic_id) in [(4u8, 0u8), (4, 3), (8, 7)] {
+        for (cpus, apic_id) in
+            [(4u8, 0u8), (4, 3), (8, 7), (16, 15), (64, 63), (255, 0), (255, 128), (255, 254)]
+        {
             let out = vcpu_cpuid(&supported(), apic_id, &spec(cpus, Personality::Kvm, 0));
             let l1 = leaf(&out, 1);
             assert_eq!(l1.ebx >> 24, u32::from(apic_id));

@@ -59,7 +59,10 @@ pub enum Error {
         "guest did not finish within {} s{}",
         timeout.as_secs_f64(),
         match (rip, stuck) {
-            (Some(rip), _) => format!(" (vCPU {vcpu} stopped at RIP {rip:#x})"),
+            (Some(rip), false) => format!(" (vCPU {vcpu} stopped at RIP {rip:#x})"),
+            (Some(rip), true) => {
+                format!(" (vCPU {vcpu} stopped at RIP {rip:#x}; another vCPU did not come back from KVM_RUN)")
+            }
             (None, true) => " (a vCPU did not come back from KVM_RUN; RIP unknown)".to_owned(),
             (None, false) => String::new(),
         }

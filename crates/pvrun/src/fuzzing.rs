@@ -75,7 +75,8 @@ pub fn exit_handler(data: &[u8]) {
         let mut r = Input(data);
         while !r.empty() {
             let kind = r.u8();
-            let vcpu = r.u8() % 8;
+            // Any vCPU a VM may have: 0..CPUS_MAX.
+            let vcpu = r.u8() % crate::config::CPUS_MAX as u8;
             match kind % 5 {
                 0 | 1 => {
                     let port = r.u16();

@@ -50,7 +50,7 @@ pub use loader::LoadError;
 pub use probe::{ClearReason, ClearedFeature, FeaturePlan, HostProbe, HypercallProbe};
 pub use runner::{ExitKind, GuestExit};
 pub use stats::{StatsError, StatsSummary};
-pub use vm::{KvmError, SetupError};
+pub use vm::{KvmError, SetupError, VcpuLimit, VcpuLimitSource};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
@@ -132,6 +132,7 @@ fn boot(
     let entry_kind = if lguest { EntryKind::Lguest } else { EntryKind::Pvh };
     let mut kernel = KernelImage::read(&config.kernel, mem_bytes, entry_kind)?;
     let kvm = vm::open_kvm(&config.kvm_path)?;
+    config.check_vcpu_limit(VcpuLimit::query(&kvm))?;
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(SetupError::ioctl("report the supported CPUID"))?;
@@ -139,7 +140,7 @@ fn boot(
     // The hypercall probe (its own VM) runs before the real VM exists.
     let plan = FeaturePlan::for_config(config, supported.as_slice());
     let spec = CpuidSpec {
-        // Validated: 1..=CPUS_MAX.
+        // Validated: 1..=CPUS_MAX (255), so it fits CPUID.1:EBX[23:16].
         cpus: config.cpus as u8,
         personality: config.personality,
         kvm_features_clear: plan.clear_mask(),

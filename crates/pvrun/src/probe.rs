@@ -26,13 +26,13 @@ use kvm_bindings::{kvm_cpuid_entry2, KVM_CAP_BINARY_STATS_FD, KVM_MAX_CPUID_ENTR
 use kvm_ioctls::{Cap, Kvm};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::config::VmConfig;
+use crate::config::{VmConfig, CPUS_MAX};
 use crate::cpuid::{self, CpuidSpec, Personality, KVM_CPUID_FEATURES};
 use crate::devices::Devices;
 use crate::error::Error;
 use crate::layout::{DEBUG_EXIT_PORT, MIB};
 use crate::runner::{self, ExitKind};
-use crate::vm::{self, SetupError, Vm};
+use crate::vm::{self, SetupError, VcpuLimit, Vm};
 
 /// How long the probe's hypercall may take before it is declared hanging.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -412,6 +412,8 @@ pub struct HostProbe {
     /// Each of [`LISTED_CAPS`]: its name and whether `KVM_CHECK_EXTENSION`
     /// says it is present.
     pub caps: Vec<(&'static str, bool)>,
+    /// How many vCPUs a VM may have (`KVM_CAP_MAX_VCPUS`, or a fallback).
+    pub max_vcpus: VcpuLimit,
     /// The host CPU's vendor string.
     pub host_vendor: String,
     /// KVM's CPUID 0x40000000: the signature and EAX (the last hypervisor
@@ -440,6 +442,7 @@ impl HostProbe {
             kvm_path: config.kvm_path.clone(),
             api_version: kvm.get_api_version(),
             caps: list_caps(&kvm),
+            max_vcpus: VcpuLimit::query(&kvm),
             host_vendor: host_vendor(),
             signature: cpuid::find(supported.as_slice(), cpuid::HYPERVISOR_LEAF_FIRST)
                 .map(|e| (cpuid::signature(e), e.eax)),
@@ -461,6 +464,11 @@ impl HostProbe {
         for (name, present) in &self.caps {
             out.push(format!("{name}: {}", if *present { "present" } else { "absent" }));
         }
+        out.push(format!(
+            "max vCPUs: {} ({}; pvrun takes at most {CPUS_MAX})",
+            self.max_vcpus.kvm,
+            self.max_vcpus.source.name()
+        ));
         out.push(format!("host CPU vendor: {}", self.host_vendor));
         out.push(match &self.signature {
             Some((sig, max)) => {
@@ -625,6 +633,7 @@ mod tests {
             kvm_path: "/dev/kvm".into(),
             api_version: 12,
             caps: vec![("KVM_CAP_IRQCHIP", true), ("KVM_CAP_HYPERV", false)],
+            max_vcpus: VcpuLimit::from_caps(1024, 2),
             host_vendor: "GenuineIntel".into(),
             signature: Some(("KVMKVMKVM".into(), 0x4000_0001)),
             plan: FeaturePlan::new(Some(HOST_WORD), Personality::Kvm, hangs(), 1 << 5),
@@ -634,6 +643,7 @@ mod tests {
             "KVM API version: 12",
             "KVM_CAP_IRQCHIP: present",
             "KVM_CAP_HYPERV: absent",
+            "max vCPUs: 1024 (KVM_CAP_MAX_VCPUS; pvrun takes at most 255)",
             "KVM CPUID signature (0x40000000): \"KVMKVMKVM\", max leaf 0x40000001",
             "KVM features (0x40000001 EAX): 0x01007efb",
             "  bit 24 clocksource_stable_bit",
@@ -647,5 +657,32 @@ mod tests {
         assert_eq!(lines.iter().filter(|l| l.starts_with("  bit ")).count(), 14);
         assert_eq!(lines.iter().filter(|l| l.starts_with("  cleared ")).count(), 5);
         assert!(probe.to_string().ends_with('\n'));
+    }
+
+    #[test]
+    fn probe_report_says_where_the_vcpu_limit_came_from() {
+        let probe = |max_vcpus| HostProbe {
+            kvm_path: "/dev/kvm".into(),
+            api_version: 12,
+            caps: vec![],
+            max_vcpus,
+            host_vendor: "GenuineIntel".into(),
+            signature: None,
+            plan: FeaturePlan::new(None, Personality::None, HypercallProbe::NotNeeded, 0),
+        };
+        let max_line = |p: HostProbe| p.lines().into_iter().find(|l| l.starts_with("max vCPUs: ")).unwrap();
+        assert_eq!(
+            max_line(probe(VcpuLimit::from_caps(64, 4))),
+            "max vCPUs: 64 (KVM_CAP_MAX_VCPUS; pvrun takes at most 255)"
+        );
+        assert_eq!(
+            max_line(probe(VcpuLimit::from_caps(0, 4))),
+            "max vCPUs: 4 (KVM_CAP_NR_VCPUS; KVM reports no KVM_CAP_MAX_VCPUS; pvrun takes at most 255)"
+        );
+        assert_eq!(
+            max_line(probe(VcpuLimit::from_caps(0, 0))),
+            "max vCPUs: 8 (pvrun's fallback; KVM reports neither KVM_CAP_MAX_VCPUS nor \
+             KVM_CAP_NR_VCPUS; pvrun takes at most 255)"
+        );
     }
 }

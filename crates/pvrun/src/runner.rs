@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -367,10 +367,34 @@ impl GuestExit {
     }
 }
 
+/// Held shut while the vCPU threads are spawned: no vCPU enters the guest
+/// before every thread exists, so vCPUs already running guest code do not
+/// slow down the spawning of the rest (255 threads on a host with two CPUs),
+/// and the watchdog's `timeout` counts from when all of them start.
+#[derive(Debug, Default)]
+struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    fn wait(&self) {
+        let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A kick signal may wake the wait early: the loop waits again.
+        let _open = self.opened.wait_while(open, |open| !*open);
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.opened.notify_all();
+    }
+}
+
 /// Runs `vcpus` on their own threads until one of them stops (debug exit,
 /// reset or crash), then stops the others; the watchdog stops all of them
-/// after `timeout`. Application processors still waiting for INIT/SIPI sit
-/// in `KVM_RUN` until then; the stop signal brings them back like the rest.
+/// after `timeout`, counted from when every vCPU thread exists and the
+/// vCPUs start. Application processors still waiting for INIT/SIPI sit in
+/// `KVM_RUN` until then; the stop signal brings them back like the rest.
 ///
 /// A vCPU thread that does not come back from `KVM_RUN` within
 /// [`KICK_GRACE`] of being signalled is left behind (detached, still owning
@@ -386,11 +410,14 @@ pub fn run_vcpus(
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<(usize, u8, VcpuStop)>();
     let mut threads: Vec<Option<JoinHandle<()>>> = Vec::with_capacity(vcpus.len());
+    let gate = Arc::new(StartGate::default());
 
     for (slot, (vcpu, abi)) in vcpus.into_iter().enumerate() {
         let (vm, devices, vcpu_stop, tx) = (vm.clone(), devices.clone(), stop.clone(), tx.clone());
+        let vcpu_gate = gate.clone();
         let index = vcpu.index();
         let spawned = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
+            vcpu_gate.wait();
             let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop, abi).run();
             let _ = tx.send((slot, index, outcome));
             // The vCPU is gone now; only then may the memory go.
@@ -399,12 +426,16 @@ pub fn run_vcpus(
         match spawned {
             Ok(handle) => threads.push(Some(handle)),
             Err(e) => {
+                // The threads that exist see the stop flag first thing.
+                stop.store(true, Ordering::Release);
+                gate.open();
                 stop_all(&stop, &mut threads, &rx, signum);
                 return Err(SetupError::SpawnThread(e).into());
             }
         }
     }
     drop(tx);
+    gate.open();
 
     let first = match rx.recv_timeout(timeout) {
         Ok((slot, index, outcome)) => {
@@ -471,6 +502,11 @@ fn join(thread: &mut Option<JoinHandle<()>>) {
 /// Sets the stop flag and signals every vCPU thread still running until it
 /// reports, for at most [`KICK_GRACE`]. Returns the outcomes received; the
 /// threads that did not report stay in `threads`.
+///
+/// Each round signals the threads still out once, then collects every report
+/// that arrives until the next round ([`KICK_INTERVAL`] later), so the cost
+/// grows with the number of vCPUs, not with its square (255 vCPUs coming back
+/// one by one must not re-signal the rest 255 times).
 fn stop_all(
     stop: &AtomicBool,
     threads: &mut [Option<JoinHandle<()>>],
@@ -480,7 +516,8 @@ fn stop_all(
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + KICK_GRACE;
     let mut outcomes = Vec::new();
-    while threads.iter().any(Option::is_some) {
+    let mut out = threads.iter().filter(|t| t.is_some()).count();
+    'rounds: while out > 0 {
         for handle in threads.iter().flatten() {
             // Fails only if the thread has already exited, which is fine.
             let _ = handle.kill(signum);
@@ -489,18 +526,23 @@ fn stop_all(
         if now >= deadline {
             break;
         }
-        match rx.recv_timeout(KICK_INTERVAL.min(deadline - now)) {
-            Ok((slot, index, outcome)) => {
-                join(&mut threads[slot]);
-                outcomes.push((index, outcome));
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            // Every remaining thread died without reporting.
-            Err(RecvTimeoutError::Disconnected) => {
-                for t in threads.iter_mut() {
-                    join(t);
+        let next_round = (now + KICK_INTERVAL).min(deadline);
+        while out > 0 {
+            let wait = next_round.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok((slot, index, outcome)) => {
+                    join(&mut threads[slot]);
+                    outcomes.push((index, outcome));
+                    out -= 1;
                 }
-                break;
+                Err(RecvTimeoutError::Timeout) => break,
+                // Every remaining thread died without reporting.
+                Err(RecvTimeoutError::Disconnected) => {
+                    for t in threads.iter_mut() {
+                        join(t);
+                    }
+                    break 'rounds;
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::config::CPUS_MAX;
 use crate::error::io_message;
 use crate::layout;
 use crate::vcpu::Vcpu;
@@ -205,6 +206,86 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, KvmError> {
     Ok(kvm)
 }
 
+/// The vCPU limit pvrun assumes when KVM reports neither `KVM_CAP_MAX_VCPUS`
+/// nor `KVM_CAP_NR_VCPUS`.
+pub const VCPUS_FALLBACK: u32 = 8;
+
+/// Where a KVM's vCPU limit ([`VcpuLimit`]) came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuLimitSource {
+    /// `KVM_CAP_MAX_VCPUS`: the most vCPUs a VM may have.
+    MaxVcpus,
+    /// `KVM_CAP_NR_VCPUS` (the recommended count), because KVM reports no
+    /// `KVM_CAP_MAX_VCPUS`.
+    NrVcpus,
+    /// Neither capability: [`VCPUS_FALLBACK`].
+    Fallback,
+}
+
+impl VcpuLimitSource {
+    /// The capability (or the fallback), as `--probe-host` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            VcpuLimitSource::MaxVcpus => "KVM_CAP_MAX_VCPUS",
+            VcpuLimitSource::NrVcpus => "KVM_CAP_NR_VCPUS; KVM reports no KVM_CAP_MAX_VCPUS",
+            VcpuLimitSource::Fallback => {
+                "pvrun's fallback; KVM reports neither KVM_CAP_MAX_VCPUS nor KVM_CAP_NR_VCPUS"
+            }
+        }
+    }
+}
+
+/// How many vCPUs a VM of this KVM may have, and where that number came
+/// from. pvrun itself takes at most [`CPUS_MAX`] (xAPIC IDs 0..=254).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuLimit {
+    /// KVM's number (or [`VCPUS_FALLBACK`]); may exceed [`CPUS_MAX`].
+    pub kvm: u32,
+    /// Where it came from.
+    pub source: VcpuLimitSource,
+}
+
+impl VcpuLimit {
+    /// The limit from what `KVM_CHECK_EXTENSION` answered for
+    /// `KVM_CAP_MAX_VCPUS` and `KVM_CAP_NR_VCPUS` (0 or a negative error:
+    /// nothing): the first positive one, else [`VCPUS_FALLBACK`].
+    pub fn from_caps(max_vcpus: i32, nr_vcpus: i32) -> Self {
+        match (u32::try_from(max_vcpus), u32::try_from(nr_vcpus)) {
+            (Ok(kvm @ 1..), _) => VcpuLimit { kvm, source: VcpuLimitSource::MaxVcpus },
+            (_, Ok(kvm @ 1..)) => VcpuLimit { kvm, source: VcpuLimitSource::NrVcpus },
+            _ => VcpuLimit { kvm: VCPUS_FALLBACK, source: VcpuLimitSource::Fallback },
+        }
+    }
+
+    /// Asks `kvm`.
+    pub fn query(kvm: &Kvm) -> Self {
+        Self::from_caps(kvm.check_extension_int(Cap::MaxVcpus), kvm.check_extension_int(Cap::NrVcpus))
+    }
+
+    /// The most vCPUs pvrun runs on this KVM: KVM's limit, at most [`CPUS_MAX`].
+    pub fn cpus_max(&self) -> u32 {
+        self.kvm.min(CPUS_MAX)
+    }
+}
+
+impl std::fmt::Display for VcpuLimit {
+    /// `KVM_CAP_MAX_VCPUS is 1024`, `KVM_CAP_NR_VCPUS is 2; KVM reports no
+    /// KVM_CAP_MAX_VCPUS`, or the fallback with its number.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.source {
+            VcpuLimitSource::MaxVcpus => write!(f, "KVM_CAP_MAX_VCPUS is {}", self.kvm),
+            VcpuLimitSource::NrVcpus => {
+                write!(f, "KVM_CAP_NR_VCPUS is {}; KVM reports no KVM_CAP_MAX_VCPUS", self.kvm)
+            }
+            VcpuLimitSource::Fallback => write!(
+                f,
+                "KVM reports neither KVM_CAP_MAX_VCPUS nor KVM_CAP_NR_VCPUS; pvrun assumes {}",
+                self.kvm
+            ),
+        }
+    }
+}
+
 /// A VM: its KVM handles and its guest memory.
 ///
 /// The memory must outlive every vCPU that may still run, which is why the
@@ -317,5 +398,31 @@ impl Vm {
     /// `false` if KVM refuses.
     pub fn pulse_irq(&self, irq: u32) -> bool {
         self.fd.set_irq_line(irq, true).is_ok() && self.fd.set_irq_line(irq, false).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_limit_prefers_max_vcpus_then_nr_vcpus_then_8() {
+        let l = VcpuLimit::from_caps(1024, 2);
+        assert_eq!(l, VcpuLimit { kvm: 1024, source: VcpuLimitSource::MaxVcpus });
+        assert_eq!(l.cpus_max(), CPUS_MAX);
+        assert_eq!(l.to_string(), "KVM_CAP_MAX_VCPUS is 1024");
+        let l = VcpuLimit::from_caps(240, 2);
+        assert_eq!((l.kvm, l.cpus_max()), (240, 240));
+        for max in [0, -1] {
+            let l = VcpuLimit::from_caps(max, 2);
+            assert_eq!(l, VcpuLimit { kvm: 2, source: VcpuLimitSource::NrVcpus }, "{max}");
+            assert_eq!(l.cpus_max(), 2);
+        }
+        for (max, nr) in [(0, 0), (-1, -1), (0, -22)] {
+            let l = VcpuLimit::from_caps(max, nr);
+            assert_eq!(l, VcpuLimit { kvm: VCPUS_FALLBACK, source: VcpuLimitSource::Fallback });
+            assert_eq!(l.cpus_max(), 8);
+        }
+        assert_eq!(VcpuLimitSource::MaxVcpus.name(), "KVM_CAP_MAX_VCPUS");
     }
 }

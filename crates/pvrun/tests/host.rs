@@ -191,6 +191,7 @@ fn probe_host_reports_the_host() {
         "KVM_CAP_HYPERV: ",
         "KVM_CAP_TSC_CONTROL: ",
         "KVM_CAP_BINARY_STATS_FD: ",
+        "max vCPUs: ",
         "host CPU vendor: ",
         "KVM CPUID signature (0x40000000): ",
         "KVM features (0x40000001 EAX): ",
@@ -201,6 +202,8 @@ fn probe_host_reports_the_host() {
         assert!(has(prefix), "{prefix:?} in {}", out.stdout);
     }
     assert!(has("KVM_CAP_IRQCHIP: present"), "{}", out.stdout);
+    let max = lines.iter().find(|l| l.starts_with("max vCPUs: ")).unwrap();
+    assert!(max.ends_with("; pvrun takes at most 255)"), "{max}");
     assert!(has("KVM CPUID signature (0x40000000): \"KVMKVMKVM\""), "{}", out.stdout);
     // This repository's host: a guest hypercall never returns (as
     // errors.rs's vmcall_times_out shows), so the probe says so and the
