@@ -16,6 +16,7 @@ pub mod compare;
 pub mod matrix;
 pub mod platform;
 pub mod run;
+pub mod scale;
 pub mod tap;
 
 /// Errors of the lab itself (not of the kernel under test).

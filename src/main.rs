@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pvlab::platform::{self, Platform};
-use pvlab::{bench, build, compare, matrix};
+use pvlab::{bench, build, compare, matrix, scale};
 
 /// Build pvkernel, boot it on every platform present, and report the TAP results
 /// as a matrix. Exits non-zero if any test on any platform fails.
@@ -45,6 +45,10 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: u32,
     },
+    /// How start-up and cross-CPU work grow with the CPU count (QEMU TCG: 1 to
+    /// 64 vCPUs; pvrun: 1 to 16) and start-up with memory (128 MiB to 16 GiB):
+    /// one boot per point, the SMP tests and their latency bench.
+    Scale,
     /// The same kernel on two platforms side by side (default: pvrun-kvm, where
     /// KVM emulates the kernel's CPL0 code, against pvrun-lguest, where it runs
     /// in ring 3): the suite without its clock-mark wait, the everyday
@@ -118,6 +122,20 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
                 })
                 .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
             println!("bench.json: {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Scale => {
+            let kernel = kernel_path(cli.kernel)?;
+            let points = scale::measure_all(&kernel)?;
+            print!("{}", scale::render(&points));
+            let dir = build::output_dir();
+            let path = dir.join("scale.json");
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::write(&path, serde_json::to_string_pretty(&points).unwrap_or_default())
+                })
+                .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
+            println!("\nscale.json: {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Compare { workload } => {

@@ -44,6 +44,8 @@ pub struct Platform {
     pub expect_backend: &'static str,
     /// vCPUs to give the guest (the kernel is told to expect them).
     pub cpus: u32,
+    /// Guest memory, MiB (Xen platforms: the machine's; dom0 gets 64 MiB).
+    pub mem_mib: u32,
     /// Extra launcher arguments.
     pub extra_args: &'static [&'static str],
     /// Hold the guest clock to the host's within [`crate::run::MAX_CLOCK_DRIFT`]
@@ -63,6 +65,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -73,6 +76,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -83,6 +87,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -93,6 +98,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -103,6 +109,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 4,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -113,6 +120,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
+        mem_mib: GUEST_MEM_MIB,
         // Virtual time counts instructions: cycles become deterministic.
         extra_args: &["-icount", "shift=0"],
         check_clock: true,
@@ -124,6 +132,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "kvm",
         expect_backend: "kvm",
         cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -134,6 +143,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "bare",
         expect_backend: "native",
         cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -144,6 +154,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "lguest",
         expect_backend: "lguest",
         cpus: 1,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
@@ -154,6 +165,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "vmi",
         expect_backend: "vmi",
         cpus: 1,
+        mem_mib: GUEST_MEM_MIB,
         // The ROM's calls exit to pvrun (its data page is one vCPU's).
         extra_args: &["--vmi-rom", "trap"],
         check_clock: true,
@@ -165,8 +177,54 @@ pub const ALL: &[Platform] = &[
         expect_platform: "vmi",
         expect_backend: "vmi",
         cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
         // The same ROM ABI, its calls the native instructions.
         extra_args: &["--vmi-rom", "native"],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
+    // Scale: many vCPUs, sparse APIC IDs (Xen PVH), much memory.
+    Platform {
+        name: "qemu-tcg-smp16",
+        launcher: Launcher::QemuTcg("q35"),
+        expect_platform: "tcg",
+        expect_backend: "native",
+        cpus: 16,
+        mem_mib: GUEST_MEM_MIB,
+        extra_args: &[],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-tcg-smp64",
+        launcher: Launcher::QemuTcg("q35"),
+        expect_platform: "tcg",
+        expect_backend: "native",
+        cpus: 64,
+        mem_mib: 512,
+        extra_args: &[],
+        check_clock: true,
+        timeout: Duration::from_secs(120),
+    },
+    Platform {
+        name: "pvrun-smp16",
+        launcher: Launcher::Pvrun("kvm"),
+        expect_platform: "kvm",
+        expect_backend: "kvm",
+        cpus: 16,
+        mem_mib: GUEST_MEM_MIB,
+        extra_args: &[],
+        check_clock: true,
+        timeout: Duration::from_secs(120),
+    },
+    Platform {
+        name: "pvrun-16g",
+        launcher: Launcher::Pvrun("kvm"),
+        expect_platform: "kvm",
+        expect_backend: "kvm",
+        cpus: 2,
+        mem_mib: 16384,
+        extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
     },
@@ -176,6 +234,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "xen",
         expect_backend: "xen",
         cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: false,
         timeout: Duration::from_secs(120),
@@ -186,9 +245,32 @@ pub const ALL: &[Platform] = &[
         expect_platform: "xen",
         expect_backend: "xen",
         cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: false,
         timeout: Duration::from_secs(120),
+    },
+    Platform {
+        name: "xen-pv-smp8",
+        launcher: Launcher::Xen(XenDom0::Pv),
+        expect_platform: "xen",
+        expect_backend: "xen",
+        cpus: 8,
+        mem_mib: GUEST_MEM_MIB,
+        extra_args: &[],
+        check_clock: false,
+        timeout: Duration::from_secs(180),
+    },
+    Platform {
+        name: "xen-pvh-smp8",
+        launcher: Launcher::Xen(XenDom0::Pvh),
+        expect_platform: "xen",
+        expect_backend: "xen",
+        cpus: 8,
+        mem_mib: GUEST_MEM_MIB,
+        extra_args: &[],
+        check_clock: false,
+        timeout: Duration::from_secs(180),
     },
     Platform {
         name: "qemu-kvm",
@@ -196,6 +278,7 @@ pub const ALL: &[Platform] = &[
         expect_platform: "kvm",
         expect_backend: "kvm",
         cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
         extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(120),
@@ -230,6 +313,24 @@ fn qemu_present() -> Result<(), String> {
         Ok(o) if o.status.success() => Ok(()),
         Ok(_) => Err(format!("{} --version failed", qemu_binary())),
         Err(e) => Err(format!("{} not found ({e}); run scripts/setup.sh", qemu_binary())),
+    }
+}
+
+/// Whether the host can give a guest `mib` MiB (touched lazily: what the
+/// kernel must grant is address space, at most its RAM and swap).
+fn address_space_for(mib: u32) -> Result<(), String> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let host_mib = (kib("MemTotal:") + kib("SwapTotal:")) / 1024;
+    if host_mib == 0 || u64::from(mib) < host_mib {
+        Ok(())
+    } else {
+        Err(format!("a {mib} MiB guest needs more than this host's {host_mib} MiB of RAM and swap"))
     }
 }
 
@@ -274,7 +375,7 @@ impl Platform {
         match self.launcher {
             Launcher::QemuTcg(_) => qemu_present(),
             Launcher::QemuKvm => qemu_present().and_then(|()| kvm_usable()),
-            Launcher::Pvrun(_) => kvm_usable(),
+            Launcher::Pvrun(_) => kvm_usable().and_then(|()| address_space_for(self.mem_mib)),
             Launcher::Xen(_) => qemu_present().and_then(|()| match xen_image() {
                 p if p.is_file() => Ok(()),
                 p => Err(format!("no Xen image at {} (run scripts/fetch-xen.sh)", p.display())),
@@ -286,7 +387,7 @@ impl Platform {
     /// `launcher_args` go to the launcher before the kernel (e.g. pvrun's
     /// `--cpuid-mask`).
     pub fn command(&self, kernel: &Path, cmdline: &str, launcher_args: &[&str]) -> Result<Command, LabError> {
-        let mem = GUEST_MEM_MIB.to_string();
+        let mem = self.mem_mib.to_string();
         let cpus = self.cpus.to_string();
         let cmdline = format!("{cmdline} pvkernel.cpus={cpus}");
         let cmdline = cmdline.trim();

@@ -116,6 +116,61 @@ fn pvrun_vmi_native() {
 }
 
 #[test]
+fn qemu_tcg_smp16() {
+    full_suite("qemu-tcg-smp16");
+}
+
+#[test]
+fn qemu_tcg_smp64() {
+    full_suite("qemu-tcg-smp64");
+}
+
+#[test]
+fn pvrun_smp16() {
+    full_suite("pvrun-smp16");
+}
+
+/// Xen PVH numbers its vCPUs' APIC IDs 0, 2, 4, ...: the kernel's CPU
+/// indices stay dense and every IPI still reaches its CPU.
+#[test]
+fn xen_pvh_smp8() {
+    full_suite("xen-pvh-smp8");
+}
+
+#[test]
+fn xen_pv_smp8() {
+    full_suite("xen-pv-smp8");
+}
+
+/// 16 GiB of guest memory boots as 128 MiB does (RAM is touched lazily):
+/// the memory map says so and the memory tests pass.
+#[test]
+fn pvrun_16g() {
+    let Some(p) = available("pvrun-16g") else { return };
+    let b = boot(p, "pvkernel.tests=boot.");
+    assert!(b.report.tests.iter().all(|t| t.ok), "{}", transcript(&b));
+    let mem = b.report.platform_field("mem").and_then(|m| m.parse::<u64>().ok());
+    assert!(mem.is_some_and(|m| m >= 16_000), "mem field {mem:?}\n{}", transcript(&b));
+    assert_eq!(b.guest_exit_value(), Some(0));
+}
+
+/// More vCPUs than the kernel takes (`pvkernel.max_cpus=4` of 16): the rest
+/// are parked by the trampoline and named on the `# cpus` line, and the suite
+/// is green on the four it took.
+#[test]
+fn more_cpus_than_the_kernel_takes() {
+    let Some(p) = available("qemu-tcg-smp16") else { return };
+    let b = boot(p, "pvkernel.max_cpus=4");
+    let cpus = b.report.diagnostic("cpus").unwrap_or_else(|| panic!("no cpus line\n{}", transcript(&b)));
+    assert!(cpus.starts_with("4 online"), "{cpus}");
+    assert!(cpus.contains("; 12 parked beyond the 4 this kernel takes (APIC IDs "), "{cpus}");
+    assert!(b.report.tests.iter().all(|t| t.ok), "{}", transcript(&b));
+    let online = b.report.tests.iter().find(|t| t.name == "smp.cpus_online").expect("smp test");
+    assert!(online.skip.is_none());
+    assert_eq!(b.guest_exit_value(), Some(0));
+}
+
+#[test]
 fn xen_pvh() {
     full_suite("xen-pvh");
 }
