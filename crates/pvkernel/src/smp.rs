@@ -97,13 +97,18 @@ fn flush_here(_: u64) -> u64 {
     0
 }
 
-/// The kernel's remote TLB flush: a call to every CPU in `cpus`, then a wait.
+/// The kernel's remote TLB flush: a call to every CPU in `cpus`, all sent
+/// before any is waited for (the CPUs flush at once: the cost grows with the
+/// sends, not with round trips).
 fn remote_flush(cpus: &paravirt::CpuSet, start: u64, end: u64) {
     let _g = FLUSH_RANGE.lock();
     FLUSH_START.store(start, Ordering::Release);
     FLUSH_END.store(end, Ordering::Release);
-    for cpu in cpus.and(&crate::boot::smp::online()).iter() {
-        let _ = call(cpu, flush_here, 0);
+    let targets = cpus.and(&crate::boot::smp::online());
+    let pending: alloc::vec::Vec<Pending> =
+        targets.iter().map(|cpu| call_async(cpu, flush_here, 0)).collect();
+    for p in pending {
+        let _ = p.wait(1_000_000_000);
     }
 }
 

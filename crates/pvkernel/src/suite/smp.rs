@@ -22,6 +22,7 @@ pub static TESTS: &[Test] = &[
     Test { name: "smp.kick_wakes_waiter", run: kick_wakes_waiter },
     Test { name: "smp.clock_monotonic_across_cpus", run: clock_across_cpus },
     Test { name: "smp.steal_time_per_cpu", run: steal_per_cpu },
+    Test { name: "smp.latency_against_cpus", run: latency_against_cpus },
 ];
 
 const SECOND: u64 = 1_000_000_000;
@@ -174,5 +175,42 @@ fn steal_per_cpu(_: &mut Ctx) -> TestResult {
         ensure!(b >= a, "CPU {} steal went back: {} -> {}", cpu, a, b);
         ensure!(time::steal_clock(cpu) >= b, "CPU {} steal read remotely is behind", cpu);
     }
+    Ok(())
+}
+
+fn nothing(_: u64) -> u64 {
+    0
+}
+
+/// How cross-CPU work grows with the CPU count: a round trip of a call (an
+/// IPI and its answer) to each other CPU, and one page's TLB shootdown to
+/// every CPU at once. `# bench smp.ipi cpus=N avg_ns= max_ns=` and `# bench
+/// smp.shootdown cpus=N ns=` (the mean of a few rounds; pvlab's `scale` reads
+/// them).
+fn latency_against_cpus(_: &mut Ctx) -> TestResult {
+    const ROUNDS: u64 = 5;
+    let cpus = others();
+    if cpus.is_empty() {
+        return skip("one CPU");
+    }
+    let n = cpus.len() + 1;
+    let (mut total, mut worst) = (0u64, 0u64);
+    for &cpu in &cpus {
+        let t0 = time::clock_ns();
+        for _ in 0..ROUNDS {
+            call(cpu, nothing, 0).map_err(|e| alloc::format!("CPU {}: {:?}", cpu, e))?;
+        }
+        let each = (time::clock_ns() - t0) / ROUNDS;
+        total += each;
+        worst = worst.max(each);
+    }
+    crate::diag!("bench smp.ipi cpus={} avg_ns={} max_ns={}", n, total / cpus.len() as u64, worst);
+    let va = TEST_VA + 0x51_0000;
+    let everyone = online();
+    let t0 = time::clock_ns();
+    for _ in 0..ROUNDS {
+        mmu::flush_tlb_multi(&everyone, va, va + PAGE_SIZE);
+    }
+    crate::diag!("bench smp.shootdown cpus={} ns={}", n, (time::clock_ns() - t0) / ROUNDS);
     Ok(())
 }
