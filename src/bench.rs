@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::platform::Platform;
 use crate::run;
@@ -22,7 +22,7 @@ fn field(b: &Bench, key: &str) -> Option<f64> {
 }
 
 /// Per-op results on one platform.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OpCost {
     /// `group.op`.
     pub op: String,
@@ -39,10 +39,10 @@ pub struct OpCost {
 }
 
 /// One platform's table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlatformBench {
     /// Platform name.
-    pub platform: &'static str,
+    pub platform: String,
     /// Rows.
     pub ops: Vec<OpCost>,
     /// The kernel's other `# bench` lines (clock sources, cross-CPU latencies).
@@ -104,7 +104,7 @@ pub fn measure(
             }
         })
         .collect();
-    Ok(PlatformBench { platform: platform.name, ops, other })
+    Ok(PlatformBench { platform: platform.name.to_string(), ops, other })
 }
 
 fn cell(v: Option<f64>) -> String {

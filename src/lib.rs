@@ -15,6 +15,7 @@ pub mod build;
 pub mod compare;
 pub mod matrix;
 pub mod platform;
+pub mod results;
 pub mod run;
 pub mod scale;
 pub mod tap;
@@ -40,6 +41,9 @@ pub enum LabError {
     /// Results could not be written.
     #[error("cannot write {0}: {1}")]
     Output(String, String),
+    /// A file pvlab was asked to read cannot be used.
+    #[error("cannot read {0}: {1}")]
+    Input(String, String),
     /// The command line asks for something that cannot be done.
     #[error("{0}")]
     Usage(String),

@@ -27,6 +27,10 @@ struct Cli {
     /// Print the serial output live.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Print the results as JSON on stdout instead of tables (`results.json`'s
+    /// schema for the matrix and `run`: docs/results-schema.md).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -44,6 +48,33 @@ enum Cmd {
         /// Cycle measurements per op and form; the least is kept.
         #[arg(long, default_value_t = 5)]
         reps: u32,
+    },
+    /// Boot pvkernel on your own VMM (the conformance kit: docs/conformance-kit.md)
+    /// and report it as one matrix row.
+    Run {
+        /// The VMM's command line. `{kernel}` and `{cmdline}` are replaced (each
+        /// stays one argument), and `{cpus}` and `{mem}`; its standard output
+        /// must carry the guest's COM1.
+        #[arg(long, value_name = "COMMAND")]
+        vmm: String,
+        /// The name of the row.
+        #[arg(long, default_value = "vmm")]
+        name: String,
+        /// vCPUs the VMM gives (the kernel waits for this many; `{cpus}`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        cpus: u32,
+        /// Guest memory, MiB (`{mem}`).
+        #[arg(long, default_value_t = platform::GUEST_MEM_MIB, value_parser = clap::value_parser!(u32).range(16..))]
+        mem: u32,
+        /// The backend the kernel must select (`*`: any).
+        #[arg(long, default_value = "*")]
+        expect_backend: String,
+        /// What the kernel must name on its `# platform:` line (`*`: anything).
+        #[arg(long, default_value = "*")]
+        expect_platform: String,
+        /// Seconds before the boot is ended as hung.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
     },
     /// How start-up and cross-CPU work grow with the CPU count (QEMU TCG: 1 to
     /// 64 vCPUs; pvrun: 1 to 16) and start-up with memory (128 MiB to 16 GiB):
@@ -79,12 +110,45 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
     };
     match cli.command.unwrap_or(Cmd::Matrix) {
         Cmd::List => {
+            let mut json = Vec::new();
             for p in selected {
-                let state =
-                    p.availability().map_or_else(|why| format!("absent: {why}"), |()| "present".into());
-                println!("{:<18} {}", p.name, state);
+                let available = p.availability();
+                if cli.json {
+                    json.push(serde_json::json!({
+                        "name": p.name,
+                        "launcher": pvlab::results::launcher_name(&p.launcher),
+                        "present": available.is_ok(),
+                        "reason": available.as_ref().err(),
+                    }));
+                } else {
+                    let state = available.map_or_else(|why| format!("absent: {why}"), |()| "present".into());
+                    println!("{:<18} {}", p.name, state);
+                }
+            }
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { vmm, name, cpus, mem, expect_backend, expect_platform, timeout } => {
+            if !vmm.contains("{kernel}") {
+                return Err(pvlab::LabError::Usage(
+                    "--vmm must name the kernel as {kernel} (and should pass {cmdline})".into(),
+                ));
+            }
+            let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            let p: &'static Platform = Box::leak(Box::new(Platform {
+                name: leak(name),
+                launcher: platform::Launcher::Vmm(leak(vmm)),
+                expect_platform: leak(expect_platform),
+                expect_backend: leak(expect_backend),
+                cpus,
+                mem_mib: mem,
+                extra_args: &[],
+                check_clock: false,
+                timeout: std::time::Duration::from_secs(timeout),
+            }));
+            matrix_run(&[p], &cli.kernel, &cli.cmdline, cli.verbose, cli.json)
         }
         Cmd::Bench { iters, reps } => {
             let kernel = kernel_path(cli.kernel)?;
@@ -112,30 +176,28 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
                     Err(e) => eprintln!("pvlab: {e}"),
                 }
             }
-            print!("{}", bench::render(&results));
-            print!("{}", bench::render_other(&results));
-            let dir = build::output_dir();
-            let path = dir.join("bench.json");
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap_or_default())
-                })
-                .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
-            println!("bench.json: {}", path.display());
+            let json = serde_json::to_string_pretty(&results).unwrap_or_default();
+            let path = save_output("bench.json", &json)?;
+            if cli.json {
+                println!("{json}");
+            } else {
+                print!("{}", bench::render(&results));
+                print!("{}", bench::render_other(&results));
+                println!("bench.json: {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Scale => {
             let kernel = kernel_path(cli.kernel)?;
             let points = scale::measure_all(&kernel)?;
-            print!("{}", scale::render(&points));
-            let dir = build::output_dir();
-            let path = dir.join("scale.json");
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    std::fs::write(&path, serde_json::to_string_pretty(&points).unwrap_or_default())
-                })
-                .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
-            println!("\nscale.json: {}", path.display());
+            let json = serde_json::to_string_pretty(&points).unwrap_or_default();
+            let path = save_output("scale.json", &json)?;
+            if cli.json {
+                println!("{json}");
+            } else {
+                print!("{}", scale::render(&points));
+                println!("\nscale.json: {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Compare { workload } => {
@@ -152,27 +214,50 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
             }
             let a = compare::measure(pair[0], &kernel, workload)?;
             let b = compare::measure(pair[1], &kernel, workload)?;
-            print!("{}", compare::render(&a, &b));
-            let dir = build::output_dir();
-            let path = dir.join("compare.json");
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    std::fs::write(&path, serde_json::to_string_pretty(&[&a, &b]).unwrap_or_default())
-                })
-                .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
-            println!("\ncompare.json: {}", path.display());
+            let json = serde_json::to_string_pretty(&[&a, &b]).unwrap_or_default();
+            let path = save_output("compare.json", &json)?;
+            if cli.json {
+                println!("{json}");
+            } else {
+                print!("{}", compare::render(&a, &b));
+                println!("\ncompare.json: {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Matrix => {
-            let kernel = kernel_path(cli.kernel)?;
-            let rows = matrix::run(&selected, &kernel, &cli.cmdline, cli.verbose);
-            print!("{}", matrix::render(&rows));
-            let dir = build::output_dir();
-            matrix::save(&rows, &dir)?;
-            println!("logs and results.json: {}", dir.display());
-            Ok(if matrix::any_failed(&rows) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-        }
+        Cmd::Matrix => matrix_run(&selected, &cli.kernel, &cli.cmdline, cli.verbose, cli.json),
     }
+}
+
+/// Writes `text` to `name` in pvlab's output directory; returns its path.
+fn save_output(name: &str, text: &str) -> Result<PathBuf, pvlab::LabError> {
+    let dir = build::output_dir();
+    let path = dir.join(name);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, text))
+        .map_err(|e| pvlab::LabError::Output(path.display().to_string(), e.to_string()))?;
+    Ok(path)
+}
+
+/// Boots `platforms`, prints the matrix (or, with `json`, the results), saves
+/// the logs and `results.json`; fails if a platform failed.
+fn matrix_run(
+    platforms: &[&'static Platform],
+    kernel: &Option<PathBuf>,
+    cmdline: &str,
+    verbose: bool,
+    json: bool,
+) -> Result<ExitCode, pvlab::LabError> {
+    let kernel = kernel_path(kernel.clone())?;
+    let rows = matrix::run(platforms, &kernel, cmdline, verbose);
+    let dir = build::output_dir();
+    matrix::save(&rows, &kernel, &dir)?;
+    if json {
+        println!("{}", pvlab::results::Results::new(&kernel, &rows, Vec::new()).to_json());
+    } else {
+        print!("{}", matrix::render(&rows));
+        println!("logs and results.json: {}", dir.display());
+    }
+    Ok(if matrix::any_failed(&rows) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn kernel_path(given: Option<PathBuf>) -> Result<PathBuf, pvlab::LabError> {

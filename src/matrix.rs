@@ -97,6 +97,13 @@ pub fn render(rows: &[Row]) -> String {
                 d * 100.0
             ));
         }
+        if r.boot.as_ref().is_some_and(|b| b.stopped_after_tap) {
+            s.push_str(&format!(
+                "  {}: no debug-exit port: pvlab ended the VMM {} s after the kernel's last line\n",
+                r.platform.name,
+                crate::run::FINISHED_GRACE.as_secs()
+            ));
+        }
         match &r.verdict {
             Verdict::Failed(problems) => {
                 for p in problems {
@@ -115,8 +122,8 @@ pub fn any_failed(rows: &[Row]) -> bool {
     rows.iter().any(|r| matches!(r.verdict, Verdict::Failed(_)))
 }
 
-/// Writes each boot's serial log and a `results.json` under `dir`.
-pub fn save(rows: &[Row], dir: &Path) -> Result<(), LabError> {
+/// Writes each boot's serial log and a `results.json` (`crate::results`) under `dir`.
+pub fn save(rows: &[Row], kernel: &Path, dir: &Path) -> Result<(), LabError> {
     let err = |p: &Path, e: std::io::Error| LabError::Output(p.display().to_string(), e.to_string());
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     for r in rows {
@@ -133,8 +140,5 @@ pub fn save(rows: &[Row], dir: &Path) -> Result<(), LabError> {
             std::fs::write(&path, text).map_err(|e| err(&path, e))?;
         }
     }
-    let path = dir.join("results.json");
-    let json = serde_json::to_string_pretty(rows)
-        .map_err(|e| LabError::Output(path.display().to_string(), e.to_string()))?;
-    std::fs::write(&path, json).map_err(|e| err(&path, e))
+    crate::results::Results::new(kernel, rows, Vec::new()).write(&dir.join("results.json"))
 }

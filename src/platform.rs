@@ -20,6 +20,9 @@ pub enum Launcher {
     Pvrun(&'static str),
     /// Real Xen (Debian's hypervisor, under QEMU TCG) with the kernel as dom0.
     Xen(XenDom0),
+    /// Anyone's VMM (`pvlab run --vmm`): a command line with `{kernel}` and
+    /// `{cmdline}` in it, whose standard output carries the guest's COM1.
+    Vmm(&'static str),
 }
 
 /// How Xen builds dom0 from the kernel's ELF.
@@ -38,9 +41,9 @@ pub struct Platform {
     pub name: &'static str,
     /// How it runs.
     pub launcher: Launcher,
-    /// What the kernel must report on its `# platform:` line.
+    /// What the kernel must report on its `# platform:` line (`*`: anything).
     pub expect_platform: &'static str,
-    /// The backend the kernel must select there.
+    /// The backend the kernel must select there (`*`: any).
     pub expect_backend: &'static str,
     /// vCPUs to give the guest (the kernel is told to expect them).
     pub cpus: u32,
@@ -316,6 +319,23 @@ fn qemu_present() -> Result<(), String> {
     }
 }
 
+/// Whether the program of a `--vmm` command can be run.
+fn vmm_present(template: &str) -> Result<(), String> {
+    let words = shell_words::split(template).map_err(|e| format!("cannot split the command: {e}"))?;
+    let program = words.first().ok_or("an empty command")?;
+    let found = if program.contains('/') {
+        Path::new(program).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(format!("{program} not found"))
+    }
+}
+
 /// Whether the host can give a guest `mib` MiB (touched lazily: what the
 /// kernel must grant is address space, at most its RAM and swap).
 fn address_space_for(mib: u32) -> Result<(), String> {
@@ -380,6 +400,7 @@ impl Platform {
                 p if p.is_file() => Ok(()),
                 p => Err(format!("no Xen image at {} (run scripts/fetch-xen.sh)", p.display())),
             }),
+            Launcher::Vmm(template) => vmm_present(template),
         }
     }
 
@@ -431,6 +452,23 @@ impl Platform {
                     .arg(format!("{} {cmdline}", kernel.display()))
                     .args(self.extra_args)
                     .args(launcher_args);
+                c
+            }
+            Launcher::Vmm(template) => {
+                let words = shell_words::split(template)
+                    .map_err(|e| LabError::Usage(format!("--vmm '{template}': {e}")))?;
+                let kernel = kernel.display().to_string();
+                let fill = |w: &String| {
+                    w.replace("{kernel}", &kernel)
+                        .replace("{cmdline}", cmdline)
+                        .replace("{cpus}", &cpus)
+                        .replace("{mem}", &mem)
+                };
+                let Some((program, args)) = words.split_first() else {
+                    return Err(LabError::Usage("--vmm: an empty command".into()));
+                };
+                let mut c = Command::new(fill(program));
+                c.args(args.iter().map(fill)).args(self.extra_args).args(launcher_args);
                 c
             }
             Launcher::Pvrun(personality) => {

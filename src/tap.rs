@@ -1,9 +1,9 @@
 //! A TAP version 14 parser for the kernel's serial output.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One test point.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestPoint {
     /// Its number.
     pub number: usize,
@@ -18,7 +18,7 @@ pub struct TestPoint {
 }
 
 /// A `# bench` line: `# bench <name> key=value ...`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bench {
     /// Benchmark name.
     pub name: String,

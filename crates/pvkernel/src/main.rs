@@ -58,6 +58,10 @@ pub fn kernel_main(mut boot: BootInfo) -> ! {
         arch::traps::init();
     }
     // Only now: under Xen the console is a hypercall, not the UART.
+    // An empty line first: firmware may have left a partial line on the
+    // console (SeaBIOS's "Booting from ROM.."), and TAP's version line must
+    // start a line.
+    tap::line(format_args!(""));
     tap::line(format_args!("TAP version 14"));
     if boot.regions().is_empty() {
         let mut ranges = [paravirt::MemoryRange::default(); boot::MAX_REGIONS];
