@@ -9,7 +9,8 @@ use crate::config::{VmConfig, TIMEOUT_MAX};
 use crate::cpuid::{parse_feature_mask, Personality};
 
 const AFTER_HELP: &str = "\
-The guest's serial port (COM1) is copied to stdout, line by line.
+The guest's serial port (COM1) is copied to stdout, line by line (a partial
+line once the guest has been idle for 30 ms).
 
 Exit status:
   (v << 1) | 1  the guest wrote v to port 0xf4 (QEMU isa-debug-exit), or a VMI
@@ -56,9 +57,12 @@ Hypercall probe (personality kvm): before building the VM, pvrun runs a tiny
 probe VM that makes one KVM hypercall (vmcall, or vmmcall on AMD/Hygon hosts)
 under a 100 ms watchdog. If it does not return, the hypercall-based KVM
 features pv_unhalt (7), pv_send_ipi (11), pv_sched_yield (13) and
-hc_map_gpa_range (16) are cleared from CPUID 0x40000001 EAX.
---no-hypercall-probe skips it (saving its ~100 ms where hypercalls hang)
-and clears them anyway. --probe-host shows what was found and decided.
+hc_map_gpa_range (16) are cleared from CPUID 0x40000001 EAX. The verdict is
+kept per host (kernel release, KVM API version, CPU, KVM device) in
+$PVRUN_CACHE_DIR, else $XDG_CACHE_HOME/pvrun, else ~/.cache/pvrun, so later
+launches do not pay the probe; --refresh-probe (and --probe-host) probe
+again and keep the new verdict. --no-hypercall-probe skips it and clears
+the features anyway. --probe-host shows what was found and decided.
 
 KVM feature names for --cpuid-mask: clocksource (0), nop_io_delay (1),
 mmu_op (2), clocksource2 (3), async_pf (4), steal_time (5), pv_eoi (6),
@@ -152,6 +156,12 @@ pub struct Cli {
     #[arg(long)]
     pub escape_serial: bool,
 
+    /// Run the hypercall probe again even though this host's verdict is kept
+    /// (in $PVRUN_CACHE_DIR, else $XDG_CACHE_HOME/pvrun, else ~/.cache/pvrun),
+    /// and keep the new one
+    #[arg(long, conflicts_with = "no_hypercall_probe")]
+    pub refresh_probe: bool,
+
     /// Print what the host offers (KVM version, capabilities, CPUID, the
     /// hypercall probe) and what pvrun would advertise, then exit 0
     #[arg(long, conflicts_with = "kernel")]
@@ -189,6 +199,7 @@ impl Cli {
             personality: self.personality,
             cpuid_mask: self.cpuid_mask.iter().fold(0, |m, b| m | b),
             hypercall_probe: !self.no_hypercall_probe,
+            refresh_probe: self.refresh_probe,
             vmi_rom: self.vmi_rom,
             vmi_corrupt: self.vmi_corrupt,
             escape_serial: self.escape_serial,

@@ -41,6 +41,8 @@ pub struct VmConfig {
     /// if false, hypercalls are assumed to hang and the hypercall-based
     /// features are hidden.
     pub hypercall_probe: bool,
+    /// Probe again even if this host's verdict is kept (`--refresh-probe`).
+    pub refresh_probe: bool,
     /// Personality vmi: how the ROM's calls are done (`None`: the trap
     /// flavour, the default).
     pub vmi_rom: Option<Flavour>,
@@ -65,6 +67,7 @@ impl VmConfig {
             personality: Personality::Kvm,
             cpuid_mask: 0,
             hypercall_probe: true,
+            refresh_probe: false,
             vmi_rom: None,
             vmi_corrupt: None,
             escape_serial: false,

@@ -26,57 +26,37 @@ impl Trigger for NoInterrupt {
     }
 }
 
-/// Line-buffered serial output, one line buffer per vCPU.
+/// The UART's output, attributed to the vCPU that wrote it.
 ///
-/// The UART model flushes after every byte; this collects the bytes of each
-/// vCPU separately and hands a vCPU's output to the writer thread
-/// ([`Output`]) at each newline, when 4 KiB have piled up, or when
-/// [`SerialOut::finish`] is called. A reader of the host's stdout sees every
-/// line as soon as the guest completes it, lines written by several vCPUs at
-/// once never interleave, and a reader that stalls never stalls a vCPU.
+/// The UART model flushes after every byte; [`Output`] collects the bytes of
+/// each vCPU separately and passes a vCPU's output on at each newline, when
+/// 4 KiB have piled up, after a short idle ([`crate::output::IDLE_FLUSH`]),
+/// or when [`SerialOut::finish`] is called. A reader of the host's stdout
+/// sees every line as soon as the guest completes it, a prompt soon after,
+/// lines written by several vCPUs at once never interleave, and a reader
+/// that stalls never stalls a vCPU.
+#[derive(Debug)]
 pub struct SerialOut {
     out: Output,
-    /// Pending bytes by vCPU index.
-    lines: Vec<Vec<u8>>,
     /// The vCPU whose bytes the UART is writing now.
     current: usize,
-    /// Show control characters as `\xNN` ([`crate::output::escape_controls`]).
-    escape: bool,
 }
 
 impl SerialOut {
-    const MAX_PENDING: usize = 4096;
-
     /// Writes to `inner`, from a thread of its own.
     pub fn new(inner: Box<dyn Write + Send>) -> Self {
-        SerialOut {
-            out: Output::start(inner),
-            lines: vec![Vec::with_capacity(256)],
-            current: 0,
-            escape: false,
-        }
+        SerialOut { out: Output::new(inner), current: 0 }
     }
 
     /// Attributes the bytes written from now on to vCPU `vcpu`.
     pub fn select(&mut self, vcpu: u8) {
         self.current = usize::from(vcpu);
-        if self.lines.len() <= self.current {
-            self.lines.resize_with(self.current + 1, Vec::new);
-        }
-    }
-
-    fn write_out(&mut self, vcpu: usize) {
-        let pending = std::mem::take(&mut self.lines[vcpu]);
-        self.out.send(if self.escape { crate::output::escape_controls(&pending) } else { pending });
     }
 
     /// Hands over whatever is pending, vCPU 0's first, and waits for it to
     /// reach the host (see [`Output::drain`] for how long); whether it did.
     pub fn finish(&mut self, grace: Duration) -> bool {
-        for vcpu in 0..self.lines.len() {
-            self.write_out(vcpu);
-        }
-        self.out.drain(grace)
+        self.out.finish(grace)
     }
 
     /// Bytes that could not reach the host.
@@ -87,25 +67,13 @@ impl SerialOut {
 
 impl Write for SerialOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let line = &mut self.lines[self.current];
-        line.extend_from_slice(buf);
-        if buf.contains(&b'\n') || line.len() >= Self::MAX_PENDING {
-            self.write_out(self.current);
-        }
+        self.out.write(self.current, buf);
         Ok(buf.len())
     }
 
-    /// Deliberately a no-op: output is handed over per line (see the type docs).
+    /// Deliberately a no-op: [`Output`] decides when bytes move on.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-impl std::fmt::Debug for SerialOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SerialOut")
-            .field("pending", &self.lines.iter().map(Vec::len).collect::<Vec<_>>())
-            .finish_non_exhaustive()
     }
 }
 
@@ -247,8 +215,19 @@ impl std::fmt::Debug for Devices {
 impl Devices {
     /// Devices whose serial output goes to `serial_out`.
     pub fn new(serial_out: Box<dyn Write + Send>) -> Self {
+        Devices::with_output(Output::new(serial_out))
+    }
+
+    /// Devices whose serial output goes to `serial_out`, partial lines after
+    /// `idle_flush`.
+    #[cfg(test)]
+    pub(crate) fn with_idle_flush(serial_out: Box<dyn Write + Send>, idle_flush: Duration) -> Self {
+        Devices::with_output(Output::with_idle_flush(serial_out, idle_flush))
+    }
+
+    fn with_output(serial_out: Output) -> Self {
         Devices {
-            serial: Serial::new(NoInterrupt, SerialOut::new(serial_out)),
+            serial: Serial::new(NoInterrupt, SerialOut { out: serial_out, current: 0 }),
             bench: Vec::new(),
             served: Vec::new(),
             abi_counters: std::collections::BTreeMap::new(),
@@ -259,7 +238,7 @@ impl Devices {
     /// Whether the guest's control characters reach the host as they are
     /// (the default) or shown as `\xNN` (`--escape-serial`).
     pub fn escape_serial(&mut self, on: bool) {
-        self.serial.writer_mut().escape = on;
+        self.serial.writer_mut().out.escape(on);
     }
 
     /// Records what vCPU `vcpu`'s served ABI counted (see
@@ -443,7 +422,7 @@ pub(crate) mod tests {
     #[test]
     fn serial_output_is_passed_on_per_line() {
         let buf = SharedBuf::default();
-        let mut d = Devices::new(Box::new(buf.clone()));
+        let mut d = Devices::with_idle_flush(Box::new(buf.clone()), Duration::from_secs(3600));
         d.pio_write(0, 0x3f8, b"h");
         d.pio_write(0, 0x3f8, b"i");
         assert_eq!(buf.contents(), b"");
@@ -460,7 +439,7 @@ pub(crate) mod tests {
     #[test]
     fn serial_lines_are_kept_apart_per_vcpu() {
         let buf = SharedBuf::default();
-        let mut d = Devices::new(Box::new(buf.clone()));
+        let mut d = Devices::with_idle_flush(Box::new(buf.clone()), Duration::from_secs(3600));
         d.pio_write(2, 0x3f8, b"c");
         d.pio_write(0, 0x3f8, b"a");
         d.pio_write(2, 0x3f8, b"c");
@@ -481,11 +460,11 @@ pub(crate) mod tests {
     fn a_long_serial_line_is_passed_on_in_pieces() {
         let buf = SharedBuf::default();
         let mut d = Devices::new(Box::new(buf.clone()));
-        for _ in 0..SerialOut::MAX_PENDING {
+        for _ in 0..crate::output::MAX_LINE {
             d.pio_write(1, 0x3f8, b"x");
         }
         d.settle();
-        assert_eq!(buf.contents().len(), SerialOut::MAX_PENDING);
+        assert_eq!(buf.contents().len(), crate::output::MAX_LINE);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod loader;
 pub mod output;
 pub mod paging;
 pub mod probe;
+pub mod probe_cache;
 pub mod pvh;
 pub mod runner;
 pub mod stats;
@@ -82,7 +83,7 @@ pub struct RunReport {
 /// Boots the kernel described by `config` and runs it until it writes to the
 /// debug-exit port, asks for a reset, crashes, or runs out of time. The
 /// guest's serial output is written to `serial_out`, flushed line by line
-/// (each vCPU's lines whole).
+/// (each vCPU's lines whole; a partial line after a short idle).
 ///
 /// Checks happen cheapest first: the configuration, then the kernel file,
 /// then KVM, so bad input is reported as such even where KVM is missing.
@@ -138,7 +139,7 @@ fn boot(
         .map_err(SetupError::ioctl("report the supported CPUID"))?;
 
     // The hypercall probe (its own VM) runs before the real VM exists.
-    let plan = FeaturePlan::for_config(config, supported.as_slice());
+    let plan = FeaturePlan::for_config(config, supported.as_slice(), kvm.get_api_version());
     let spec = CpuidSpec {
         // Validated: 1..=CPUS_MAX (255), so it fits CPUID.1:EBX[23:16].
         cpus: config.cpus as u8,
@@ -213,8 +214,9 @@ fn boot(
     });
 
     let devices = Arc::new(Mutex::new(devices));
-    let result =
-        runner::run_vcpus(vm, vcpus.into_iter().zip(abis).collect(), devices.clone(), config.timeout);
+    let stamp = std::env::var_os(runner::STARTUP_STAMP_ENV).is_some();
+    let vcpus = vcpus.into_iter().zip(abis).collect();
+    let result = runner::run_vcpus(vm, vcpus, devices.clone(), config.timeout, stamp);
     // A vCPU stuck past the watchdog may hold the lock: then say nothing.
     if let Ok(d) = devices.try_lock() {
         *abi_counters = d.abi_counters();

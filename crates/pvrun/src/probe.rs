@@ -8,7 +8,8 @@
 //!   runner's own signal-based one. If the `out` is reached, guest
 //!   hypercalls return on this host; if the watchdog has to break
 //!   `KVM_RUN`, they hang. [`probe_hypercalls_cached`] runs it once per
-//!   process and KVM device.
+//!   process and KVM device, and keeps its verdict per host
+//!   ([`crate::probe_cache`]), so that a launch does not pay the watchdog.
 //! * The **feature plan** ([`FeaturePlan::new`], pure): which KVM feature
 //!   bits (CPUID 0x40000001 EAX) are cleared and why: the hypercall-based
 //!   ones ([`HYPERCALL_FEATURES`]) unless the probe saw a hypercall return,
@@ -239,19 +240,37 @@ fn run_probe(
     vcpu.enter_protected_mode(vm.memory(), GuestAddress(PROBE_CODE_ADDR), 0)?;
     let devices = Arc::new(Mutex::new(Devices::new(Box::new(std::io::sink()))));
     *started = Some(Instant::now());
-    runner::run_vcpus(Arc::new(vm), vec![(vcpu, None)], devices, PROBE_TIMEOUT)
+    runner::run_vcpus(Arc::new(vm), vec![(vcpu, None)], devices, PROBE_TIMEOUT, false)
 }
 
-/// [`probe_hypercalls`] with this host's instruction, once per process and
-/// KVM device: later calls return the first result.
-pub fn probe_hypercalls_cached(kvm_path: &Path) -> HypercallProbe {
+/// [`probe_hypercalls`] with this host's instruction, at most once per
+/// process and KVM device, and not at all while the host's kept verdict
+/// ([`crate::probe_cache`]) matches this host (KVM API `api_version`); with
+/// `refresh`, the probe runs again and replaces the kept verdict.
+pub fn probe_hypercalls_cached(kvm_path: &Path, api_version: i32, refresh: bool) -> HypercallProbe {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, HypercallProbe>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     // Held while probing, so concurrent runs wait for one probe.
     let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if refresh {
+        cache.remove(kvm_path);
+    }
     cache
         .entry(kvm_path.to_owned())
-        .or_insert_with(|| probe_hypercalls(kvm_path, HypercallInsn::host()))
+        .or_insert_with(|| {
+            let dir = crate::probe_cache::dir();
+            let key = crate::probe_cache::key(kvm_path, api_version);
+            if let Some(kept) =
+                dir.as_deref().filter(|_| !refresh).and_then(|d| crate::probe_cache::load(d, &key))
+            {
+                return kept;
+            }
+            let probe = probe_hypercalls(kvm_path, HypercallInsn::host());
+            if let Some(d) = &dir {
+                crate::probe_cache::store(d, &key, &probe);
+            }
+            probe
+        })
         .clone()
 }
 
@@ -359,11 +378,13 @@ impl FeaturePlan {
     /// The plan for a run of `config` on a KVM whose supported CPUID is
     /// `supported`: the probe runs (cached) only for personality kvm and
     /// without `--no-hypercall-probe`.
-    pub fn for_config(config: &VmConfig, supported: &[kvm_cpuid_entry2]) -> Self {
+    pub fn for_config(config: &VmConfig, supported: &[kvm_cpuid_entry2], api_version: i32) -> Self {
         let hypercalls = match (config.personality, config.hypercall_probe) {
             (Personality::None | Personality::Lguest | Personality::Vmi, _) => HypercallProbe::NotNeeded,
             (Personality::Kvm, false) => HypercallProbe::Skipped,
-            (Personality::Kvm, true) => probe_hypercalls_cached(&config.kvm_path),
+            (Personality::Kvm, true) => {
+                probe_hypercalls_cached(&config.kvm_path, api_version, config.refresh_probe)
+            }
         };
         Self::new(offered_features(supported), config.personality, hypercalls, config.cpuid_mask)
     }
@@ -433,8 +454,9 @@ impl HostProbe {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(SetupError::ioctl("report the supported CPUID"))?;
+        // Always afresh, and kept for the runs that follow.
         let hypercalls = if config.hypercall_probe {
-            probe_hypercalls(&config.kvm_path, HypercallInsn::host())
+            probe_hypercalls_cached(&config.kvm_path, kvm.get_api_version(), true)
         } else {
             HypercallProbe::Skipped
         };

@@ -102,6 +102,21 @@ pub trait ServedAbi: Send + std::fmt::Debug {
     fn counters(&self) -> String;
 }
 
+/// With this variable set, the guest's vCPU 0 (not the hypercall probe's)
+/// prints `pvrun: first KVM_RUN at <ns>` (CLOCK_MONOTONIC) on stderr just
+/// before it first enters the guest: what the start-up benchmark
+/// (`benches/startup.rs`) measures against.
+pub const STARTUP_STAMP_ENV: &str = "PVRUN_STARTUP_STAMP";
+
+fn stamp_first_run() {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "pvrun: first KVM_RUN at {ns}");
+}
+
 /// Why pvrun ends a guest that broke its served ABI (lguest's "sudden
 /// death"): one line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,10 +311,14 @@ impl VcpuRunner {
         }
     }
 
-    /// Steps until the vCPU stops. Must run on the thread the watchdog
-    /// signals.
-    pub fn run(mut self) -> VcpuStop {
+    /// Steps until the vCPU stops, first printing the start-up stamp if
+    /// `stamp` (see [`STARTUP_STAMP_ENV`]). Must run on the thread the
+    /// watchdog signals.
+    pub fn run(mut self, stamp: bool) -> VcpuStop {
         KVM_RUN_PTR.with(|p| p.set(self.vcpu.kvm_run_ptr()));
+        if stamp {
+            stamp_first_run();
+        }
         let stop = loop {
             if let RunState::Stopped(stop) = self.step() {
                 break stop;
@@ -399,12 +418,14 @@ impl StartGate {
 /// A vCPU thread that does not come back from `KVM_RUN` within
 /// [`KICK_GRACE`] of being signalled is left behind (detached, still owning
 /// its share of the VM so guest memory stays mapped); the caller is expected
-/// to exit the process soon after.
+/// to exit the process soon after. With `stamp_first_run`, vCPU 0 stamps
+/// its first entry (see [`STARTUP_STAMP_ENV`]).
 pub fn run_vcpus(
     vm: Arc<Vm>,
     vcpus: Vec<(Vcpu, Option<Box<dyn ServedAbi>>)>,
     devices: Arc<Mutex<Devices>>,
     timeout: Duration,
+    stamp_first_run: bool,
 ) -> Result<GuestExit, Error> {
     let signum = install_kick_handler()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -418,7 +439,8 @@ pub fn run_vcpus(
         let index = vcpu.index();
         let spawned = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
             vcpu_gate.wait();
-            let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop, abi).run();
+            let stamp = stamp_first_run && index == 0;
+            let outcome = VcpuRunner::new(vcpu, devices, vcpu_stop, abi).run(stamp);
             let _ = tx.send((slot, index, outcome));
             // The vCPU is gone now; only then may the memory go.
             drop(vm);

@@ -291,3 +291,62 @@ fn keyboard_controller_reset_exits_0() {
     let out = pvrun_kernel(&k, &["--cpus", "2", "--no-hypercall-probe"]);
     assert_eq!(out.code(), 0, "{out:#?}");
 }
+
+/// The hypercall verdict is kept per host (`PVRUN_CACHE_DIR`): a run reads
+/// it instead of probing, a verdict for another host or a file that is not
+/// ours is ignored (and replaced), and `--refresh-probe` probes again.
+#[test]
+fn the_hypercall_verdict_is_kept_per_host() {
+    if !have_kvm("the_hypercall_verdict_is_kept_per_host") {
+        return;
+    }
+    let dir = common::scratch_dir("probe-cache");
+    let file = dir.join("cache/hypercall-probe");
+    let run = |args: &[&str], kernel: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(common::pvrun_bin());
+        cmd.env("PVRUN_CACHE_DIR", dir.join("cache")).args(args);
+        cmd.args(kernel);
+        common::run_cmd(cmd, std::time::Duration::from_secs(20))
+    };
+    let k = features_guest("probe-cache");
+    let seen = |args: &[&str]| {
+        let out = run(args, Some(&k));
+        assert_eq!(out.code(), 1, "{out:#?}");
+        parse_hex_words(out.stdout.trim_end())[0]
+    };
+    let pv_unhalt = 1 << 7;
+    // The key and the verdict, less the time the probe took.
+    let gist = |text: &str| -> Vec<String> {
+        text.lines().map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" ")).collect()
+    };
+
+    // --probe-host probes and keeps what it found.
+    let out = run(&["--probe-host"], None);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    if !out.stdout.contains("  bit 7 pv_unhalt") {
+        common::skip("this KVM does not offer pv_unhalt: the_hypercall_verdict_is_kept_per_host");
+        return;
+    }
+    let kept = std::fs::read_to_string(&file).expect("--probe-host kept its verdict");
+    let real = seen(&[]);
+    let hangs = kept.contains("verdict: hangs ");
+    assert_eq!(real & pv_unhalt == 0, hangs, "{kept}");
+
+    // A kept verdict is used as it is: the opposite one, planted, decides.
+    let verdict_line = kept.lines().find(|l| l.starts_with("verdict: ")).unwrap();
+    let opposite = if hangs { "verdict: returns vmmcall 0 5" } else { "verdict: hangs vmmcall 100000 false" };
+    std::fs::write(&file, kept.replace(verdict_line, opposite)).unwrap();
+    assert_eq!(seen(&[]) & pv_unhalt == 0, !hangs, "the planted verdict decided, no probe ran");
+
+    // --refresh-probe probes again, and keeps the real verdict.
+    assert_eq!(seen(&["--refresh-probe"]), real);
+    assert_eq!(gist(&std::fs::read_to_string(&file).unwrap()), gist(&kept));
+
+    // Another host's verdict, or a file that is not ours: probed and replaced.
+    let other_host = kept.replace(verdict_line, opposite).replace("key: ", "key: another host ");
+    for planted in [other_host.as_str(), "not a verdict\n", ""] {
+        std::fs::write(&file, planted).unwrap();
+        assert_eq!(seen(&[]), real, "{planted:?} was not taken");
+        assert_eq!(gist(&std::fs::read_to_string(&file).unwrap()), gist(&kept));
+    }
+}

@@ -197,3 +197,45 @@ fn escape_serial_shows_control_characters() {
     let raw = common::pvrun_kernel(&k, &[]);
     assert_eq!(raw.stdout, "\x1b[2Jhi\tthere\x07\n");
 }
+
+/// A partial line (a prompt) reaches stdout once the guest has been idle a
+/// moment, while the guest still runs: pvrun does not wait for its newline.
+#[test]
+fn a_prompt_without_a_newline_reaches_stdout_while_the_guest_runs() {
+    if !have_kvm("a_prompt_without_a_newline_reaches_stdout_while_the_guest_runs") {
+        return;
+    }
+    let mut code = common::asm::serial_write(b"login: ");
+    code.extend(common::asm::spin());
+    let k = kernel("prompt", &ElfSpec::new(&code));
+    let mut child = Command::new(pvrun_bin())
+        .args(["--timeout", "30"])
+        .arg(&k)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pvrun");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 7 && Instant::now() < deadline {
+        if let Ok(bytes) = rx.recv_timeout(Duration::from_millis(50)) {
+            seen.extend(bytes);
+        }
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(String::from_utf8_lossy(&seen), "login: ", "the prompt, before any newline");
+    assert!(running, "seen while the guest was still running");
+}

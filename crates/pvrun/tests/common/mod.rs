@@ -477,8 +477,12 @@ pub fn pvrun_bin() -> &'static str {
 }
 
 /// Runs `cmd` with a hard limit, killing it if it overstays (the test then
-/// fails instead of hanging).
+/// fails instead of hanging). pvrun keeps its hypercall verdict under the
+/// tests' own directory unless `cmd` names another.
 pub fn run_cmd(mut cmd: Command, limit: Duration) -> Outcome {
+    if !cmd.get_envs().any(|(k, _)| k == "PVRUN_CACHE_DIR") {
+        cmd.env("PVRUN_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("pvrun-cache"));
+    }
     let start = Instant::now();
     let mut child =
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn pvrun");
