@@ -404,14 +404,20 @@ impl Platform {
         }
     }
 
-    /// The command that boots `kernel` with `cmdline`.
+    /// The kernel command line this platform's boot gets from `cmdline`:
+    /// `pvkernel.cpus=N` added (how many CPUs the kernel waits for).
+    pub fn kernel_cmdline(&self, cmdline: &str) -> String {
+        format!("{cmdline} pvkernel.cpus={}", self.cpus).trim().to_string()
+    }
+
+    /// The command that boots `kernel` with `cmdline` (made [`Platform::kernel_cmdline`]).
     /// `launcher_args` go to the launcher before the kernel (e.g. pvrun's
     /// `--cpuid-mask`).
     pub fn command(&self, kernel: &Path, cmdline: &str, launcher_args: &[&str]) -> Result<Command, LabError> {
         let mem = self.mem_mib.to_string();
         let cpus = self.cpus.to_string();
-        let cmdline = format!("{cmdline} pvkernel.cpus={cpus}");
-        let cmdline = cmdline.trim();
+        let cmdline = self.kernel_cmdline(cmdline);
+        let cmdline = cmdline.as_str();
         let cmd = match self.launcher {
             Launcher::QemuTcg(machine) => {
                 let mut c = qemu(kernel, cmdline, machine, "tcg", &mem, &cpus);

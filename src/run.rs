@@ -226,7 +226,7 @@ pub fn boot_with(
     let first_tap_line = lines.iter().find(|l| l.text.starts_with("TAP version")).map(|l| l.at);
     Ok(Boot {
         platform: platform.name,
-        cmdline: cmdline.to_string(),
+        cmdline: platform.kernel_cmdline(cmdline),
         status: if timed_out { None } else { status },
         timed_out,
         first_tap_line,
