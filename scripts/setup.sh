@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian bookworm machine:
-# the kernel's rustup target and QEMU 10 from bookworm-backports.
+# the kernel's rustup target, QEMU 10 from bookworm-backports, Xen, and chromium.
 # Idempotent: each step is skipped when its result is already present.
 set -euo pipefail
 
@@ -49,5 +49,21 @@ fi
 # .cache/xen (no system install). Without it that platform is skipped, not failed.
 if ! bash "$(dirname "$0")/fetch-xen.sh" >/dev/null; then
   log "Xen could not be fetched: the xen-pvh platform will be skipped"
+fi
+# 4. Chromium for `pvlab report`'s browser test (headless screenshot and DOM dump).
+# Optional: without it that test prints SKIP; the setup goes on either way.
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || command -v google-chrome >/dev/null 2>&1; then
+  :
+elif [ -n "${PARAVIRT_NO_APT:-}" ]; then
+  log "chromium missing and PARAVIRT_NO_APT is set: the report's browser test will be skipped"
+else
+  log "installing chromium (the report's browser test; a minute or two)"
+  # A subshell: need_root's own exit (no root, no sudo) must not end the setup.
+  if ! (need_root apt-get update -qq \
+    && need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium >/dev/null); then
+    log "chromium could not be installed (apt-get failed): the report's browser test will be skipped"
+  fi
 fi
 log "ready: $(qemu-system-x86_64 --version 2>/dev/null | head -n1 || echo 'no QEMU')"

@@ -16,6 +16,43 @@ use crate::run;
 use crate::tap::Bench;
 use crate::LabError;
 
+/// Where `pvlab bench` (and `pvlab report`) measure by default: where costs are
+/// deterministic — exact KVM counters (pvrun) or QEMU's instruction-counted
+/// clock. Elsewhere the TSC is too coarse or traps for single instructions.
+pub const DEFAULT_PLATFORMS: &[&str] = &["qemu-tcg-icount", "pvrun-kvm", "pvrun-none"];
+/// Iterations per measurement by default.
+pub const DEFAULT_ITERS: u64 = 1000;
+/// Cycle measurements per op and form by default (the least is kept).
+pub const DEFAULT_REPS: u32 = 5;
+
+/// The [`DEFAULT_PLATFORMS`].
+pub fn default_platforms() -> Result<Vec<&'static Platform>, LabError> {
+    DEFAULT_PLATFORMS.iter().map(|n| crate::platform::by_name(n)).collect()
+}
+
+/// [`measure`]s each of `platforms` this machine has, with progress on stderr;
+/// an absent platform or a failed boot is reported there and left out.
+pub fn measure_present(
+    platforms: &[&'static Platform],
+    kernel: &Path,
+    iters: u64,
+    reps: u32,
+) -> Vec<PlatformBench> {
+    let mut out = Vec::new();
+    for &p in platforms {
+        if let Err(why) = p.availability() {
+            eprintln!("pvlab: {:<18} SKIP: {why}", p.name);
+            continue;
+        }
+        eprintln!("pvlab: {:<18} benchmarking ({iters} iterations)…", p.name);
+        match measure(p, kernel, iters, reps) {
+            Ok(r) => out.push(r),
+            Err(e) => eprintln!("pvlab: {e}"),
+        }
+    }
+    out
+}
+
 /// One metric of one form.
 fn field(b: &Bench, key: &str) -> Option<f64> {
     b.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)

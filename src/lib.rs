@@ -15,6 +15,7 @@ pub mod build;
 pub mod compare;
 pub mod matrix;
 pub mod platform;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod scale;

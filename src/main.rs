@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pvlab::platform::{self, Platform};
-use pvlab::{bench, build, compare, matrix, scale};
+use pvlab::{bench, build, compare, matrix, report, scale};
 
 /// Build pvkernel, boot it on every platform present, and report the TAP results
 /// as a matrix. Exits non-zero if any test on any platform fails.
@@ -43,10 +43,10 @@ enum Cmd {
     /// unpatched indirect call, on every platform present.
     Bench {
         /// Iterations per measurement (the kernel also runs twice as many).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = bench::DEFAULT_ITERS)]
         iters: u64,
         /// Cycle measurements per op and form; the least is kept.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = bench::DEFAULT_REPS)]
         reps: u32,
     },
     /// Boot pvkernel on your own VMM (the conformance kit: docs/conformance-kit.md)
@@ -88,6 +88,23 @@ enum Cmd {
         /// MiB of page tables built and data checksummed by the workload.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
         workload: u64,
+    },
+    /// One self-contained HTML page (inline CSS and SVG; no script, nothing
+    /// fetched): the platform × test matrix, per-op costs, boot times, what the
+    /// PV features save and the op implementations. Boots the matrix (and `pvlab
+    /// bench`'s default platforms) unless given --from, and writes results.json.
+    /// Exits non-zero if a platform it booted failed.
+    Report {
+        /// Render this earlier results.json instead of booting (-p then keeps
+        /// only the platforms named).
+        #[arg(long, value_name = "RESULTS_JSON")]
+        from: Option<PathBuf>,
+        /// Where to write the page [default: target/pvlab/report.html].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Skip the benchmark boots (no per-op cost tables).
+        #[arg(long)]
+        no_bench: bool,
     },
 }
 
@@ -153,29 +170,12 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
         Cmd::Bench { iters, reps } => {
             let kernel = kernel_path(cli.kernel)?;
             let selected = if cli.platforms.is_empty() {
-                // Where costs are deterministic: exact KVM counters, or QEMU's
-                // instruction-counted clock. Elsewhere the TSC is too coarse or traps
-                // (ask for those platforms with -p).
                 eprintln!("pvlab: benchmarking where costs are exact; -p adds others");
-                ["qemu-tcg-icount", "pvrun-kvm", "pvrun-none"]
-                    .iter()
-                    .map(|n| platform::by_name(n))
-                    .collect::<Result<Vec<_>, _>>()?
+                bench::default_platforms()?
             } else {
                 selected
             };
-            let mut results = Vec::new();
-            for p in selected {
-                if let Err(why) = p.availability() {
-                    eprintln!("pvlab: {:<18} SKIP: {why}", p.name);
-                    continue;
-                }
-                eprintln!("pvlab: {:<18} benchmarking ({iters} iterations)…", p.name);
-                match bench::measure(p, &kernel, iters, reps) {
-                    Ok(r) => results.push(r),
-                    Err(e) => eprintln!("pvlab: {e}"),
-                }
-            }
+            let results = bench::measure_present(&selected, &kernel, iters, reps);
             let json = serde_json::to_string_pretty(&results).unwrap_or_default();
             let path = save_output("bench.json", &json)?;
             if cli.json {
@@ -223,6 +223,33 @@ fn real_main(cli: Cli) -> Result<ExitCode, pvlab::LabError> {
                 println!("\ncompare.json: {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Report { from, out, no_bench } => {
+            let (results, failed) = match from {
+                Some(path) => (report::select(pvlab::results::Results::read(&path)?, &cli.platforms), false),
+                None => {
+                    let kernel = kernel_path(cli.kernel)?;
+                    let rows = matrix::run(&selected, &kernel, &cli.cmdline, cli.verbose);
+                    let dir = build::output_dir();
+                    matrix::save(&rows, &kernel, &dir)?;
+                    let bench = if no_bench { Vec::new() } else { report::bench_default_platforms(&kernel)? };
+                    let results = pvlab::results::Results::new(&kernel, &rows, bench);
+                    results.write(&dir.join("results.json"))?;
+                    if !cli.json {
+                        print!("{}", matrix::render(&rows));
+                        println!("logs and results.json: {}", dir.display());
+                    }
+                    (results, matrix::any_failed(&rows))
+                }
+            };
+            let out = out.unwrap_or_else(|| build::output_dir().join("report.html"));
+            let bytes = report::write(&results, &out)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "report": out, "bytes": bytes }));
+            } else {
+                println!("report: {} ({bytes} bytes)", out.display());
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Cmd::Matrix => matrix_run(&selected, &cli.kernel, &cli.cmdline, cli.verbose, cli.json),
     }
