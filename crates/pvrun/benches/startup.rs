@@ -1,6 +1,7 @@
 //! pvrun's start-up and per-exit cost, side by side with a minimal KVM_RUN
 //! loop built in the same run (this binary, started with `--bare N`: one VM,
-//! 2 MiB, one vCPU, nothing else).
+//! 2 MiB, one vCPU, nothing else; with `--irqchip`, also KVM's in-kernel
+//! irqchip and PIT, as pvrun's VM has).
 //!
 //! `cargo bench -p pvrun --bench startup [-- --runs N --exits M]`
 //!
@@ -12,7 +13,12 @@
 //! - **per exit**: a guest that makes M `out`s to an unclaimed port, against
 //!   one that makes none, wall time of the whole process, divided by M.
 //!
-//! Medians of N runs (20 by default); ratios are pvrun / bare loop.
+//! - **whole run**: spawn to exit, for a guest that exits at once; it
+//!   includes tearing the VM down, where KVM's in-kernel irqchip is
+//!   costly on some hosts (hence the second bare loop, with one).
+//!
+//! Medians of N runs (20 by default), the kinds interleaved run by run so
+//! that a noisy moment hits them alike; ratios are pvrun / bare loop.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -72,8 +78,8 @@ fn pvh_elf(code: &[u8]) -> Vec<u8> {
     f
 }
 
-/// `--bare N`: the minimal KVM_RUN loop.
-fn bare(exits: u32) {
+/// `--bare N [--irqchip]`: the minimal KVM_RUN loop.
+fn bare(exits: u32, irqchip: bool) {
     use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
     use kvm_ioctls::{Kvm, VcpuExit};
 
@@ -105,6 +111,11 @@ fn bare(exits: u32) {
     };
     // SAFETY: the region is a live mapping that outlives the VM (the process ends first).
     unsafe { vm.set_user_memory_region(region) }.expect("memory");
+    if irqchip {
+        vm.set_tss_address(0xfffb_d000).expect("TSS");
+        vm.create_irq_chip().expect("irqchip");
+        vm.create_pit2(kvm_bindings::kvm_pit_config::default()).expect("PIT");
+    }
     let mut vcpu = vm.create_vcpu(0).expect("vCPU");
     let mut sregs = vcpu.get_sregs().expect("sregs");
     let flat = |selector: u16, type_: u8| kvm_segment {
@@ -169,19 +180,23 @@ fn median(mut v: Vec<u64>) -> f64 {
     }
 }
 
+/// Medians of one kind of run.
 struct Series {
     startup: f64,
     total: f64,
 }
 
-fn series(runs: usize, make: &dyn Fn() -> (Command, i32)) -> Series {
-    let (mut s, mut t) = (Vec::new(), Vec::new());
+/// Runs each of `kinds` `runs` times, interleaved; the medians of each.
+fn series(runs: usize, kinds: &[&dyn Fn() -> (Command, i32)]) -> Vec<Series> {
+    let mut samples = vec![(Vec::new(), Vec::new()); kinds.len()];
     for _ in 0..runs {
-        let (startup, total) = run_once(make());
-        s.push(startup);
-        t.push(total);
+        for (kind, (s, t)) in kinds.iter().zip(&mut samples) {
+            let (startup, total) = run_once(kind());
+            s.push(startup);
+            t.push(total);
+        }
     }
-    Series { startup: median(s), total: median(t) }
+    samples.into_iter().map(|(s, t)| Series { startup: median(s), total: median(t) }).collect()
 }
 
 fn arg(args: &[String], name: &str, default: u32) -> u32 {
@@ -191,7 +206,10 @@ fn arg(args: &[String], name: &str, default: u32) -> u32 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--bare") {
-        bare(args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(0));
+        bare(
+            args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(0),
+            args.iter().any(|a| a == "--irqchip"),
+        );
         return;
     }
     if !Path::new("/dev/kvm").exists() {
@@ -216,49 +234,39 @@ fn main() {
         c.arg(k).env("PVRUN_STARTUP_STAMP", "1").env("PVRUN_CACHE_DIR", &cache);
         (c, 1)
     };
-    let bare_cmd = |n: u32| {
+    let bare_cmd = |n: u32, irqchip: bool| {
         let mut c = Command::new(&me);
         c.args(["--bare", &n.to_string()]);
+        if irqchip {
+            c.arg("--irqchip");
+        }
         (c, 0)
     };
     // A host's first launch probes (and keeps the verdict); every later one does not.
     let (first, _) = run_once(pvrun_cmd(&k0));
-    eprintln!("startup: {runs} runs each, {exits} exits for the per-exit figure…");
-    let p0 = series(runs, &|| pvrun_cmd(&k0));
-    let b0 = series(runs, &|| bare_cmd(0));
-    let pn = series(runs, &|| pvrun_cmd(&kn));
-    let bn = series(runs, &|| bare_cmd(exits));
+    eprintln!("startup: {runs} runs of each kind, {exits} exits for the per-exit figure…");
+    let kinds: [&dyn Fn() -> (Command, i32); 5] =
+        [&|| pvrun_cmd(&k0), &|| bare_cmd(0, false), &|| pvrun_cmd(&kn), &|| bare_cmd(exits, false), &|| {
+            bare_cmd(0, true)
+        }];
+    let [p0, b0, pn, bn, bi] = <[Series; 5]>::try_from(series(runs, &kinds)).ok().expect("five series");
     let per_exit = |n: &Series, zero: &Series| (n.total - zero.total) / f64::from(exits);
     let (pe, be) = (per_exit(&pn, &p0), per_exit(&bn, &b0));
+    let ms = |ns: f64| format!("{:.3} ms", ns / 1e6);
+    let row = |what: &str, p: String, b: String, ratio: f64| {
+        println!("{what:<46} {p:>12} {b:>12} {ratio:>7.2}×");
+    };
     println!("pvrun start-up and per-exit cost against a bare KVM_RUN loop (medians of {runs})");
-    println!("{:<44} {:>12} {:>12} {:>8}", "", "pvrun", "bare loop", "ratio");
-    println!(
-        "{:<44} {:>9.3} ms {:>9.3} ms {:>7.2}×",
-        "start-up: spawn → first KVM_RUN",
-        p0.startup / 1e6,
-        b0.startup / 1e6,
-        p0.startup / b0.startup
+    println!("{:<46} {:>12} {:>12} {:>8}", "", "pvrun", "bare loop", "ratio");
+    row("start-up: spawn → first KVM_RUN", ms(p0.startup), ms(b0.startup), p0.startup / b0.startup);
+    println!("{:<46} {:>12}", "  (a host's first launch, probing)", ms(first as f64));
+    row(
+        &format!("per exit ({exits} outs to port 0x80)"),
+        format!("{:.2} µs", pe / 1e3),
+        format!("{:.2} µs", be / 1e3),
+        pe / be,
     );
-    println!(
-        "{:<44} {:>9.3} ms {:>12} {:>8}",
-        "  (a host's first launch, probing)",
-        first as f64 / 1e6,
-        "",
-        ""
-    );
-    println!(
-        "{:<44} {:>9.3} ms {:>9.3} ms {:>7.2}×",
-        "whole run, no exits but the last",
-        p0.total / 1e6,
-        b0.total / 1e6,
-        p0.total / b0.total
-    );
-    println!(
-        "{:<44} {:>9.2} µs {:>9.2} µs {:>7.2}×",
-        format!("per exit ({exits} outs to port 0x80)"),
-        pe / 1e3,
-        be / 1e3,
-        pe / be
-    );
+    row("whole run, the guest exiting at once", ms(p0.total), ms(b0.total), p0.total / b0.total);
+    row("  against a bare loop with irqchip and PIT", ms(p0.total), ms(bi.total), p0.total / bi.total);
     let _ = std::fs::remove_dir_all(&dir);
 }

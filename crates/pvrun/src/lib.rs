@@ -133,7 +133,10 @@ fn boot(
     let entry_kind = if lguest { EntryKind::Lguest } else { EntryKind::Pvh };
     let mut kernel = KernelImage::read(&config.kernel, mem_bytes, entry_kind)?;
     let kvm = vm::open_kvm(&config.kvm_path)?;
-    config.check_vcpu_limit(VcpuLimit::query(&kvm))?;
+    // Every KVM runs one vCPU: the two capability queries are for more.
+    if config.cpus > 1 {
+        config.check_vcpu_limit(VcpuLimit::query(&kvm))?;
+    }
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(SetupError::ioctl("report the supported CPUID"))?;

@@ -149,8 +149,8 @@ impl Output {
         self.shared.changed.notify_all();
     }
 
-    /// The writer thread, at the first byte. Should it not start, every
-    /// byte is lost, and counted as such.
+    /// The writer thread, at the first byte (none for a guest that writes
+    /// nothing). Should it not start, every byte is lost, and counted as such.
     fn start_writer(&mut self) {
         let Some(sink) = self.sink.take() else { return };
         let (writer, idle) = (self.shared.clone(), self.idle_flush);
@@ -168,10 +168,20 @@ impl Output {
 
     /// Queues the partial lines (vCPU 0's first), then [`Output::drain`]s.
     pub fn finish(&mut self, grace: Duration) -> bool {
-        self.shared.lock().queue_partials();
-        self.start_writer();
+        self.queue_partials();
         self.shared.changed.notify_all();
         self.drain(grace)
+    }
+
+    /// Queues the partial lines (vCPU 0's first) for the writer.
+    fn queue_partials(&mut self) {
+        let mut s = self.shared.lock();
+        s.queue_partials();
+        let pending = s.queued > 0;
+        drop(s);
+        if pending {
+            self.start_writer();
+        }
     }
 
     /// Waits until everything queued has reached the sink, at most `grace`,
@@ -208,8 +218,7 @@ impl Drop for Output {
     /// does not wait for it (a sink stalled forever keeps only that thread
     /// and its queue).
     fn drop(&mut self) {
-        self.shared.lock().queue_partials();
-        self.start_writer();
+        self.queue_partials();
         self.shared.lock().closed = true;
         self.shared.changed.notify_all();
     }
