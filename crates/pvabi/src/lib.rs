@@ -1,6 +1,6 @@
 //! ABI definitions shared by the VMM (`pvrun`) and the kernel (`pvkernel`): the
-//! public PVH boot structures, the Xen PV ELF notes, the lguest64 and VMI/64 ABIs pvrun serves,
-//! and the project's own bench-marker port protocol.
+//! public PVH boot structures, the Xen PV ELF notes, the lguest64, VMI/64 and VMware
+//! backdoor ABIs pvrun serves, and the project's own bench-marker port protocol.
 //! `no_std`, no dependencies: plain `repr(C)` structs and constants.
 #![no_std]
 #![deny(missing_docs)]
@@ -10,4 +10,5 @@ pub mod bench;
 pub mod lguest;
 pub mod pvh;
 pub mod vmi;
+pub mod vmware;
 pub mod xen_pv;

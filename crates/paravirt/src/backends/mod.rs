@@ -8,8 +8,9 @@ pub mod lguest;
 pub mod native;
 pub mod pvclock;
 pub mod vmi;
+pub mod vmware;
 pub mod xen;
 
 /// Every backend, native first.
 pub static BACKENDS: &[Backend] =
-    &[native::BACKEND, kvm::BACKEND, xen::BACKEND, lguest::BACKEND, vmi::BACKEND];
+    &[native::BACKEND, kvm::BACKEND, xen::BACKEND, lguest::BACKEND, vmi::BACKEND, vmware::BACKEND];

@@ -18,6 +18,7 @@ mod smp;
 mod speed;
 mod time;
 mod trap;
+mod vmware;
 
 /// What a test can look at.
 pub struct Ctx<'a> {
@@ -81,6 +82,7 @@ pub fn all() -> impl Iterator<Item = &'static Test> {
         .chain(lock::TESTS)
         .chain(smp::TESTS)
         .chain(kvm::TESTS)
+        .chain(vmware::TESTS)
         .chain(bench::TESTS)
         .chain(speed::TESTS)
 }
