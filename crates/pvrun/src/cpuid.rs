@@ -77,6 +77,11 @@ pub enum Personality {
     /// operations (see `docs/abi/vmi.md`). CPUID.1:ECX bit 31 set, no leaf in
     /// 0x40000000..=0x400000ff (VMI announced itself by its ROM).
     Vmi,
+    /// VMware's backdoor (see `docs/abi/vmware.md`): KVM's leaves replaced
+    /// by "VMwareVMware" at 0x40000000 and the timing leaf 0x40000010, and
+    /// the backdoor port 0x5658 served (TSC and APIC frequencies, the wall
+    /// clock, a steal clock per vCPU).
+    Vmware,
 }
 
 impl Personality {
@@ -87,6 +92,7 @@ impl Personality {
             Personality::None => "none",
             Personality::Lguest => "lguest",
             Personality::Vmi => "vmi",
+            Personality::Vmware => "vmware",
         }
     }
 }
@@ -135,6 +141,37 @@ pub struct CpuidSpec {
     pub personality: Personality,
     /// KVM feature bits to clear from CPUID 0x40000001 EAX (personality kvm).
     pub kvm_features_clear: u32,
+    /// The guest TSC's frequency, kHz, for VMware's timing leaf (personality
+    /// vmware; 0: unknown, and the leaf says so).
+    pub tsc_khz: u32,
+}
+
+/// VMware's timing leaf, at its hypervisor base + 0x10.
+pub const VMWARE_TIMING_LEAF: u32 = HYPERVISOR_LEAF_FIRST + pvabi::vmware::TIMING_LEAF_OFFSET;
+
+/// The leaves personality vmware adds: the base leaf (the range reaching the
+/// timing leaf, "VMwareVMware") and the timing leaf (TSC and APIC bus kHz;
+/// ECX 0: the backdoor is the port, not vmcall).
+pub fn vmware_leaves(tsc_khz: u32) -> [kvm_cpuid_entry2; 2] {
+    let word = |i: usize| {
+        let b = &pvabi::vmware::SIGNATURE[i * 4..i * 4 + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    };
+    let base = kvm_cpuid_entry2 {
+        function: HYPERVISOR_LEAF_FIRST,
+        eax: VMWARE_TIMING_LEAF,
+        ebx: word(0),
+        ecx: word(1),
+        edx: word(2),
+        ..Default::default()
+    };
+    let timing = kvm_cpuid_entry2 {
+        function: VMWARE_TIMING_LEAF,
+        eax: tsc_khz,
+        ebx: crate::vmware::KVM_APIC_BUS_KHZ,
+        ..Default::default()
+    };
+    [base, timing]
 }
 
 /// KVM's supported CPUID `supported` patched for the vCPU with APIC ID
@@ -145,14 +182,19 @@ pub struct CpuidSpec {
 ///   set otherwise;
 /// * leaves 0xB and 0x1F (every subleaf present): EDX = x2APIC ID;
 /// * personality kvm: CPUID 0x40000001 EAX minus `kvm_features_clear`;
-/// * personalities none, lguest and vmi: every leaf in 0x40000000..=0x400000ff dropped.
+/// * personalities none, lguest and vmi: every leaf in 0x40000000..=0x400000ff dropped;
+/// * personality vmware: those leaves replaced by [`vmware_leaves`].
 pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec) -> Vec<kvm_cpuid_entry2> {
     let mut out = Vec::with_capacity(supported.len());
     for entry in supported {
         let mut e = *entry;
         let hypervisor_leaf = (HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function);
         match (e.function, spec.personality) {
-            (_, Personality::None | Personality::Lguest | Personality::Vmi) if hypervisor_leaf => continue,
+            (_, Personality::None | Personality::Lguest | Personality::Vmi | Personality::Vmware)
+                if hypervisor_leaf =>
+            {
+                continue
+            }
             (1, personality) => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(spec.cpus) << 16) | (u32::from(apic_id) << 24);
                 if spec.cpus > 1 {
@@ -171,6 +213,9 @@ pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec)
             _ => {}
         }
         out.push(e);
+    }
+    if spec.personality == Personality::Vmware {
+        out.extend(vmware_leaves(spec.tsc_khz));
     }
     out
 }
@@ -236,7 +281,7 @@ mod tests {
     }
 
     fn spec(cpus: u8, personality: Personality, clear: u32) -> CpuidSpec {
-        CpuidSpec { cpus, personality, kvm_features_clear: clear }
+        CpuidSpec { cpus, personality, kvm_features_clear: clear, tsc_khz: 2_400_000 }
     }
 
     fn leaf(entries: &[kvm_cpuid_entry2], function: u32) -> kvm_cpuid_entry2 {
@@ -300,6 +345,20 @@ mod tests {
         let out = vcpu_cpuid(&supported(), 0, &spec(1, Personality::Lguest, 0));
         assert_ne!(leaf(&out, 1).ecx & CPUID_1_ECX_HYPERVISOR, 0);
         assert!(out.iter().all(|e| !(HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function)));
+    }
+
+    #[test]
+    fn personality_vmware_signs_vmware_and_answers_the_timing_leaf() {
+        let out = vcpu_cpuid(&supported(), 0, &spec(2, Personality::Vmware, 0));
+        assert_ne!(leaf(&out, 1).ecx & CPUID_1_ECX_HYPERVISOR, 0);
+        let base = leaf(&out, 0x4000_0000);
+        assert_eq!(signature(&base), "VMwareVMware");
+        assert_eq!(base.eax, 0x4000_0010, "the range reaches the timing leaf");
+        let timing = leaf(&out, 0x4000_0010);
+        assert_eq!((timing.eax, timing.ebx, timing.ecx, timing.edx), (2_400_000, 1_000_000, 0, 0));
+        assert!(find(&out, KVM_CPUID_FEATURES).is_none(), "KVM's leaves are gone");
+        let hv: Vec<_> = out.iter().filter(|e| (0x4000_0000..=0x4000_00ff).contains(&e.function)).collect();
+        assert_eq!(hv.len(), 2);
     }
 
     #[test]

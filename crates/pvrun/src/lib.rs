@@ -35,10 +35,12 @@ pub mod probe;
 pub mod probe_cache;
 pub mod pvh;
 pub mod runner;
+pub mod schedstat;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;
 pub mod vmi;
+pub mod vmware;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -143,11 +145,13 @@ fn boot(
 
     // The hypercall probe (its own VM) runs before the real VM exists.
     let plan = FeaturePlan::for_config(config, supported.as_slice(), kvm.get_api_version());
-    let spec = CpuidSpec {
+    let mut spec = CpuidSpec {
         // Validated: 1..=CPUS_MAX (255), so it fits CPUID.1:EBX[23:16].
         cpus: config.cpus as u8,
         personality: config.personality,
         kvm_features_clear: plan.clear_mask(),
+        // Known once a vCPU exists.
+        tsc_khz: 0,
     };
     *features = Some(plan);
 
@@ -156,7 +160,7 @@ fn boot(
     let vm = Arc::new(match config.personality {
         Personality::Lguest => Vm::new_bare(kvm, mem_bytes)?,
         Personality::Vmi => Vm::with_rom(kvm, mem_bytes, (vmi::rom::ROM_ADDRESS, vmi::rom::ROM_SPAN))?,
-        Personality::Kvm | Personality::None => Vm::new(kvm, mem_bytes)?,
+        Personality::Kvm | Personality::None | Personality::Vmware => Vm::new(kvm, mem_bytes)?,
     });
     let entry = kernel.load(vm.memory())?;
     // Every vCPU exists before any is configured: on this repository's host,
@@ -164,6 +168,9 @@ fn boot(
     // INIT/SIPI.
     let mut vcpus = (0..spec.cpus).map(|index| vm.create_vcpu(index)).collect::<Result<Vec<_>, _>>()?;
     let mut abis: Vec<Option<Box<dyn ServedAbi>>> = Vec::with_capacity(vcpus.len());
+    spec.tsc_khz = vcpus[0].tsc_khz().unwrap_or(0);
+    let steal_clocks = (config.personality == Personality::Vmware)
+        .then(|| vmware::steal::StealClocks::new(vm.memory().clone(), u64::from(spec.tsc_khz), vcpus.len()));
     if lguest {
         let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), 0, &spec);
         let abi =
@@ -186,6 +193,9 @@ fn boot(
                         vmi::runtime::setup(&vm, vcpu, cpuid, config.vmi_flavour(), config.vmi_corrupt)?;
                     served.map(|s| Box::new(s) as Box<dyn ServedAbi>)
                 }
+                Personality::Vmware => steal_clocks.as_ref().map(|clocks| {
+                    Box::new(vmware::setup(&vm, vcpu, spec.tsc_khz, clocks)) as Box<dyn ServedAbi>
+                }),
                 _ => None,
             };
             abis.push(abi);

@@ -152,7 +152,7 @@ pub enum HypercallProbe {
     },
     /// Not run (`--no-hypercall-probe`): hypercalls are assumed to hang.
     Skipped,
-    /// Not run because the guest does not see KVM (personality none).
+    /// Not run because the guest does not see KVM (every personality but kvm).
     NotNeeded,
 }
 
@@ -200,7 +200,7 @@ impl fmt::Display for HypercallProbe {
             HypercallProbe::Skipped => {
                 write!(f, "skipped (--no-hypercall-probe): assumed to hang")
             }
-            HypercallProbe::NotNeeded => write!(f, "not run (personality none)"),
+            HypercallProbe::NotNeeded => write!(f, "not run (the guest does not see KVM)"),
         }
     }
 }
@@ -235,7 +235,7 @@ fn run_probe(
         .write_slice(&probe_code(insn), GuestAddress(PROBE_CODE_ADDR))
         .map_err(SetupError::ProbeCode)?;
     let vcpu = vm.create_vcpu(0)?;
-    let spec = CpuidSpec { cpus: 1, personality: Personality::Kvm, kvm_features_clear: 0 };
+    let spec = CpuidSpec { cpus: 1, personality: Personality::Kvm, kvm_features_clear: 0, tsc_khz: 0 };
     vcpu.set_cpuid(&cpuid::vcpu_cpuid(supported.as_slice(), 0, &spec))?;
     vcpu.enter_protected_mode(vm.memory(), GuestAddress(PROBE_CODE_ADDR), 0)?;
     let devices = Arc::new(Mutex::new(Devices::new(Box::new(std::io::sink()))));
@@ -380,7 +380,9 @@ impl FeaturePlan {
     /// without `--no-hypercall-probe`.
     pub fn for_config(config: &VmConfig, supported: &[kvm_cpuid_entry2], api_version: i32) -> Self {
         let hypercalls = match (config.personality, config.hypercall_probe) {
-            (Personality::None | Personality::Lguest | Personality::Vmi, _) => HypercallProbe::NotNeeded,
+            (Personality::None | Personality::Lguest | Personality::Vmi | Personality::Vmware, _) => {
+                HypercallProbe::NotNeeded
+            }
             (Personality::Kvm, false) => HypercallProbe::Skipped,
             (Personality::Kvm, true) => {
                 probe_hypercalls_cached(&config.kvm_path, api_version, config.refresh_probe)
@@ -399,7 +401,7 @@ impl FeaturePlan {
     pub fn advertised(&self) -> Option<u32> {
         match self.personality {
             Personality::Kvm => self.offered.map(|w| w & !self.clear_mask()),
-            Personality::None | Personality::Lguest | Personality::Vmi => None,
+            Personality::None | Personality::Lguest | Personality::Vmi | Personality::Vmware => None,
         }
     }
 }

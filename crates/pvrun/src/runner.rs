@@ -92,10 +92,17 @@ fn lock(devices: &Mutex<Devices>) -> MutexGuard<'_, Devices> {
 /// What a served ABI (a personality beyond KVM's own, such as lguest) adds to
 /// the run loop of one vCPU. Its methods run on the vCPU's thread.
 pub trait ServedAbi: Send + std::fmt::Debug {
-    /// Whether writes to `port` are this ABI's traps (they come to [`Self::port_out`]).
+    /// Whether `port` is this ABI's: writes come to [`Self::port_out`],
+    /// reads to [`Self::port_in`].
     fn owns_port(&self, port: u16) -> bool;
     /// A write to one of its ports, with the vCPU stopped at it.
     fn port_out(&mut self, vcpu: &mut Vcpu, port: u16, ctx: &RunCtx) -> Result<Flow, GuestError>;
+    /// A `size`-byte read from one of its ports, with the vCPU stopped at
+    /// it: the value read (its low `size` bytes reach AL, AX or EAX as KVM
+    /// resumes the guest). By default all ones, as an unclaimed port reads.
+    fn port_in(&mut self, _vcpu: &mut Vcpu, _port: u16, _size: u8, _ctx: &RunCtx) -> Result<u32, GuestError> {
+        Ok(u32::MAX)
+    }
     /// Before each entry into the guest: after any exit, and after a kick.
     fn before_run(&mut self, vcpu: &mut Vcpu, ctx: &RunCtx) -> Result<Flow, GuestError>;
     /// What the personality counted, for `--stats`: one line, `name: key=N ...`.
@@ -203,6 +210,8 @@ enum Exit {
     Device(ExitAction),
     /// A write to a port of the served ABI.
     Abi(u16),
+    /// A read from a port of the served ABI, of this many bytes.
+    AbiIn(u16, u8),
 }
 
 impl VcpuRunner {
@@ -245,6 +254,9 @@ impl VcpuRunner {
             Ok(VcpuExit::IoOut(port, _)) if self.abi.as_ref().is_some_and(|a| a.owns_port(port)) => {
                 Ok(Exit::Abi(port))
             }
+            Ok(VcpuExit::IoIn(port, data)) if self.abi.as_ref().is_some_and(|a| a.owns_port(port)) => {
+                Ok(Exit::AbiIn(port, data.len().min(4) as u8))
+            }
             Ok(exit) => {
                 let io_size = match exit {
                     // SAFETY: `run` is this vCPU's live kvm_run mapping, and for an
@@ -266,6 +278,18 @@ impl VcpuRunner {
                 return self
                     .flow(|abi, vcpu, ctx| abi.port_out(vcpu, port, ctx))
                     .unwrap_or(RunState::Running);
+            }
+            Ok(Exit::AbiIn(port, size)) => {
+                self.exits.fetch_add(1, Ordering::Relaxed);
+                let Some(abi) = self.abi.as_deref_mut() else { return RunState::Running };
+                let ctx = RunCtx { devices: &self.devices, stop: &self.stop };
+                return match abi.port_in(&mut self.vcpu, port, size, &ctx) {
+                    Ok(value) => {
+                        self.vcpu.complete_io_in(value);
+                        RunState::Running
+                    }
+                    Err(e) => RunState::Stopped(VcpuStop::Crashed(e)),
+                };
             }
             Ok(Exit::Device(action)) => {
                 self.exits.fetch_add(1, Ordering::Relaxed);

@@ -318,6 +318,24 @@ impl Vcpu {
         self.fd.get_kvm_run()
     }
 
+    /// After an `in` exit: puts the low bytes of `value` (as many as the
+    /// access) where KVM takes what the guest reads from, the exit's data
+    /// area; KVM moves them into AL, AX or EAX as it resumes the guest.
+    pub fn complete_io_in(&mut self, value: u32) {
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        let bytes = value.to_le_bytes();
+        // SAFETY: `run` is this vCPU's live kvm_run mapping and the last exit
+        // was an I/O exit, so its `io` member is the one KVM filled: KVM put
+        // `data_offset` inside the mapping, with room for `size` × `count`
+        // bytes; at most `size` (≤ 4 here) are written, through raw pointers.
+        unsafe {
+            let io = std::ptr::addr_of!((*run).__bindgen_anon_1.io).read();
+            let size = usize::from(io.size).min(bytes.len());
+            let data = (run as *mut u8).add(io.data_offset as usize);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, size);
+        }
+    }
+
     /// Lets [`Self::sync_regs`] and [`Self::set_sync_regs`] use the copy of the
     /// registers KVM keeps in `kvm_run` (`KVM_CAP_SYNC_REGS`), saving two ioctls
     /// per exit; without the capability they fall back to `KVM_GET/SET_REGS`.

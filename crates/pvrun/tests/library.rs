@@ -109,7 +109,7 @@ fn application_processors_wait_for_init_sipi() {
     let kvm = pvrun::vm::open_kvm(std::path::Path::new("/dev/kvm")).unwrap();
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
     let vm = pvrun::vm::Vm::new(kvm, 16 << 20).unwrap();
-    let spec = CpuidSpec { cpus: 3, personality: pvrun::Personality::Kvm, kvm_features_clear: 0 };
+    let spec = CpuidSpec { cpus: 3, personality: pvrun::Personality::Kvm, kvm_features_clear: 0, tsc_khz: 0 };
     let vcpus: Vec<_> = (0..3).map(|i| vm.create_vcpu(i).unwrap()).collect();
     assert_eq!(vcpus[0].mp_state().unwrap(), KVM_MP_STATE_RUNNABLE);
     for ap in &vcpus[1..] {

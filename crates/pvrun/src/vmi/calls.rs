@@ -170,10 +170,7 @@ impl Vmi {
     /// Cycles this vCPU's thread waited to run since the first look (the
     /// kernel's `run_delay`; 0 where the host keeps no schedstats).
     fn stolen(&mut self) -> u64 {
-        let ns = std::fs::read_to_string("/proc/thread-self/schedstat")
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-            .unwrap_or(0);
+        let ns = crate::schedstat::this_thread_run_delay().unwrap_or(0);
         let base = *self.stolen_base.get_or_insert(ns);
         let cycles = u128::from(ns.saturating_sub(base)) * u128::from(self.cycle_hz) / 1_000_000_000;
         cycles as u64
