@@ -60,11 +60,17 @@ pub struct Platform {
     pub timeout: Duration,
 }
 
+/// QEMU's pc machine without its VMware backdoor (`vmport`, on by default
+/// under TCG): bare hardware, as the native platforms mean it.
+pub const PC: &str = "pc,vmport=off";
+/// QEMU's q35 machine without its VMware backdoor.
+pub const Q35: &str = "q35,vmport=off";
+
 /// Every platform, in matrix order.
 pub const ALL: &[Platform] = &[
     Platform {
         name: "qemu-tcg-pc",
-        launcher: Launcher::QemuTcg("pc"),
+        launcher: Launcher::QemuTcg(PC),
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
@@ -75,7 +81,7 @@ pub const ALL: &[Platform] = &[
     },
     Platform {
         name: "qemu-tcg-q35",
-        launcher: Launcher::QemuTcg("q35"),
+        launcher: Launcher::QemuTcg(Q35),
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 1,
@@ -97,7 +103,7 @@ pub const ALL: &[Platform] = &[
     },
     Platform {
         name: "qemu-tcg-smp2",
-        launcher: Launcher::QemuTcg("pc"),
+        launcher: Launcher::QemuTcg(PC),
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 2,
@@ -108,7 +114,7 @@ pub const ALL: &[Platform] = &[
     },
     Platform {
         name: "qemu-tcg-smp4",
-        launcher: Launcher::QemuTcg("q35"),
+        launcher: Launcher::QemuTcg(Q35),
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 4,
@@ -126,6 +132,18 @@ pub const ALL: &[Platform] = &[
         mem_mib: GUEST_MEM_MIB,
         // Virtual time counts instructions: cycles become deterministic.
         extra_args: &["-icount", "shift=0"],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
+    Platform {
+        name: "qemu-tcg-vmport",
+        // QEMU's own implementation of VMware's backdoor (`hw/i386/vmport.c`).
+        launcher: Launcher::QemuTcg("pc,vmport=on"),
+        expect_platform: "tcg",
+        expect_backend: "vmware",
+        cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
+        extra_args: &[],
         check_clock: true,
         timeout: Duration::from_secs(60),
     },
@@ -186,10 +204,21 @@ pub const ALL: &[Platform] = &[
         check_clock: true,
         timeout: Duration::from_secs(60),
     },
+    Platform {
+        name: "pvrun-vmware",
+        launcher: Launcher::Pvrun("vmware"),
+        expect_platform: "vmware",
+        expect_backend: "vmware",
+        cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
+        extra_args: &[],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
     // Scale: many vCPUs, sparse APIC IDs (Xen PVH), much memory.
     Platform {
         name: "qemu-tcg-smp16",
-        launcher: Launcher::QemuTcg("q35"),
+        launcher: Launcher::QemuTcg(Q35),
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 16,
@@ -200,7 +229,7 @@ pub const ALL: &[Platform] = &[
     },
     Platform {
         name: "qemu-tcg-smp64",
-        launcher: Launcher::QemuTcg("q35"),
+        launcher: Launcher::QemuTcg(Q35),
         expect_platform: "tcg",
         expect_backend: "native",
         cpus: 64,

@@ -51,7 +51,7 @@ fn platform(launcher: &'static str, cpus: u32, mem_mib: u32) -> Platform {
     let name: &'static str = Box::leak(format!("{launcher}-{cpus}cpu-{mem_mib}m").into_boxed_str());
     let (launcher_kind, backend, expect) = match launcher {
         "pvrun" => (Launcher::Pvrun("kvm"), "kvm", "kvm"),
-        _ => (Launcher::QemuTcg("q35"), "native", "tcg"),
+        _ => (Launcher::QemuTcg(crate::platform::Q35), "native", "tcg"),
     };
     Platform {
         name,

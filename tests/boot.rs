@@ -25,8 +25,8 @@ fn boot(p: &Platform, cmdline: &str) -> Boot {
     run::boot(p, &kernel, cmdline, false).expect("platform launches")
 }
 
-fn full_suite(name: &str) {
-    let Some(p) = available(name) else { return };
+fn full_suite(name: &str) -> Option<Boot> {
+    let p = available(name)?;
     let token = run::fresh_token();
     let b = boot(p, &format!("pvkernel.token={token}"));
     let problems = b.problems(p, Some(&token));
@@ -52,6 +52,14 @@ fn full_suite(name: &str) {
         }
     }
     assert_eq!(b.guest_exit_value(), Some(0));
+    Some(b)
+}
+
+/// Asserts that `b` printed each of `lines` as a `#` line.
+fn assert_diagnostics(b: &Boot, lines: &[&str]) {
+    for line in lines {
+        assert!(b.report.diagnostics.iter().any(|d| d == line), "no `# {line}`\n{}", transcript(b));
+    }
 }
 
 fn transcript(b: &Boot) -> String {
@@ -90,14 +98,97 @@ fn qemu_tcg_smp4() {
     full_suite("qemu-tcg-smp4");
 }
 
+/// The probe for VMware's backdoor leaves a KVM guest's port alone.
 #[test]
 fn pvrun_kvm() {
-    full_suite("pvrun-kvm");
+    let Some(b) = full_suite("pvrun-kvm") else { return };
+    assert_diagnostics(&b, &["vmware probe: port untouched (kvm signs the CPUID leaves)"]);
 }
 
+/// No hypervisor signs the leaves: the probe reads the port once and finds
+/// nothing there.
 #[test]
 fn pvrun_none() {
-    full_suite("pvrun-none");
+    let Some(b) = full_suite("pvrun-none") else { return };
+    let probe = b.report.diagnostics.iter().find(|d| d.starts_with("vmware probe:")).expect("probe line");
+    assert!(probe.starts_with("vmware probe: no backdoor (1 port read, "), "{probe}");
+}
+
+/// QEMU's own backdoor (`hw/i386/vmport.c`): found through the port (TCG
+/// signs the leaves "TCGTCGTCGTCG"); QEMU serves none of the time
+/// commands under TCG, so every op stays native, and the feature word says
+/// the host offered nothing.
+#[test]
+fn qemu_tcg_vmport() {
+    let Some(b) = full_suite("qemu-tcg-vmport") else { return };
+    assert_diagnostics(
+        &b,
+        &[
+            "vmware backdoor: version 6, VMX type 2, unsigned CPUID leaves",
+            "op time.tsc_khz -> native",
+            "op time.wall_clock -> native",
+            "op time.steal_clock -> native",
+            "vmware tsc: not served (native calibration)",
+            "vmware memory: GETMEMSIZE 134217728 in bytes",
+        ],
+    );
+    let platform = b.report.diagnostic("platform").expect("platform line");
+    assert!(platform.contains("abi: vmware-backdoor features=0x00000000"), "{platform}");
+}
+
+/// pvrun's backdoor: the signature and timing leaf, GETTIMEFULL and a steal
+/// clock on every vCPU, each op the backend's.
+#[test]
+fn pvrun_vmware() {
+    let Some(b) = full_suite("pvrun-vmware") else { return };
+    assert_diagnostics(
+        &b,
+        &[
+            "vmware backdoor: version 6, VMX type 2, leaves at 0x40000000",
+            "op time.tsc_khz -> vmware",
+            "op time.wall_clock -> vmware",
+            "op time.steal_clock -> vmware",
+            "vmware wall clock: GETTIMEFULL",
+            "vmware memory: GETMEMSIZE 128 in MiB",
+            "vmware steal clock: registered on 2 of 2 CPUs",
+        ],
+    );
+}
+
+/// With the host's CPUs all busy, a vCPU waits on a run queue, and the
+/// guest's steal clock says so: more than 10 ms of the boot stolen with one
+/// spinning thread more than the host has CPUs, against the same boot alone.
+#[test]
+fn vmware_steal_rises_under_contention() {
+    let Some(p) = available("pvrun-vmware") else { return };
+    let kernel = pvlab::build::kernel().expect("kernel builds");
+    let steal_ns = |b: &Boot| -> u64 {
+        let line = b.report.diagnostic("steal").unwrap_or_else(|| panic!("no steal line\n{}", transcript(b)));
+        line.split_whitespace().next().and_then(|n| n.parse().ok()).expect("steal: <ns> ns on CPU 0")
+    };
+    let filter = "pvkernel.tests=time.steal";
+    let alone = run::boot(p, &kernel, filter, false).expect("pvrun launches");
+    assert!(alone.report.is_success(), "{}", transcript(&alone));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    let hogs: Vec<_> = (0..=cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let busy = run::boot(p, &kernel, filter, false);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hogs.into_iter().for_each(|h| h.join().expect("hog"));
+    let busy = busy.expect("pvrun launches");
+    assert!(busy.report.is_success(), "{}", transcript(&busy));
+    let (alone, busy) = (steal_ns(&alone), steal_ns(&busy));
+    eprintln!("steal on CPU 0: {alone} ns alone, {busy} ns beside {} spinning threads", cpus + 1);
+    assert!(busy > 10_000_000, "only {busy} ns stolen under contention");
 }
 
 #[test]
