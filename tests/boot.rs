@@ -156,8 +156,9 @@ fn pvrun_vmware() {
 }
 
 /// With the host's CPUs all busy, a vCPU waits on a run queue, and the
-/// guest's steal clock says so: more than 10 ms of the boot stolen with one
-/// spinning thread more than the host has CPUs, against the same boot alone.
+/// guest's steal clock says so: with one spinning thread more than the host
+/// has CPUs, at least 10 ms more of the boot stolen than in the same boot
+/// alone.
 #[test]
 fn vmware_steal_rises_under_contention() {
     let Some(p) = available("pvrun-vmware") else { return };
@@ -188,7 +189,7 @@ fn vmware_steal_rises_under_contention() {
     assert!(busy.report.is_success(), "{}", transcript(&busy));
     let (alone, busy) = (steal_ns(&alone), steal_ns(&busy));
     eprintln!("steal on CPU 0: {alone} ns alone, {busy} ns beside {} spinning threads", cpus + 1);
-    assert!(busy > 10_000_000, "only {busy} ns stolen under contention");
+    assert!(busy > alone + 10_000_000, "{busy} ns stolen under contention, {alone} ns alone");
 }
 
 #[test]
@@ -261,14 +262,18 @@ fn more_cpus_than_the_kernel_takes() {
     assert_eq!(b.guest_exit_value(), Some(0));
 }
 
+/// Xen signs the CPUID leaves: the VMware probe leaves the port alone.
 #[test]
 fn xen_pvh() {
-    full_suite("xen-pvh");
+    let Some(b) = full_suite("xen-pvh") else { return };
+    assert_diagnostics(&b, &["vmware probe: port untouched (xen signs the CPUID leaves)"]);
 }
 
+/// A Xen PV kernel runs in ring 3, where `in` would fault: no probe at all.
 #[test]
 fn xen_pv() {
-    full_suite("xen-pv");
+    let Some(b) = full_suite("xen-pv") else { return };
+    assert_diagnostics(&b, &["vmware probe: not run (the xen-pv boot flow enters in ring 3)"]);
 }
 
 /// The same ELF as a Xen PV dom0: 4,096 PTE writes batched into multicalls cost

@@ -45,6 +45,24 @@ pub mod cmd {
     pub const STEALCLOCK: u32 = 91;
 }
 
+/// The registers of one backdoor call: what the guest puts in, or what it
+/// finds after the `in` (only their low 32 bits count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    /// EAX: [`MAGIC`] in; the result out.
+    pub eax: u32,
+    /// EBX.
+    pub ebx: u32,
+    /// ECX: the command in (bits 15:0).
+    pub ecx: u32,
+    /// EDX: [`PORT`] in bits 15:0.
+    pub edx: u32,
+    /// ESI.
+    pub esi: u32,
+    /// EDI.
+    pub edi: u32,
+}
+
 /// GETVERSION's EAX (`VERSION_MAGIC`).
 pub const VERSION: u32 = 6;
 /// GETVERSION's ECX for an ESX host (`vm_vmx_type.h`); QEMU answers the same.

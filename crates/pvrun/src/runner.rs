@@ -210,8 +210,9 @@ enum Exit {
     Device(ExitAction),
     /// A write to a port of the served ABI.
     Abi(u16),
-    /// A read from a port of the served ABI, of this many bytes.
-    AbiIn(u16, u8),
+    /// A read from a port of the served ABI: the port, the size of one
+    /// access, and how many (more than one: a string `ins`).
+    AbiIn(u16, u8, u32),
 }
 
 impl VcpuRunner {
@@ -254,8 +255,12 @@ impl VcpuRunner {
             Ok(VcpuExit::IoOut(port, _)) if self.abi.as_ref().is_some_and(|a| a.owns_port(port)) => {
                 Ok(Exit::Abi(port))
             }
-            Ok(VcpuExit::IoIn(port, data)) if self.abi.as_ref().is_some_and(|a| a.owns_port(port)) => {
-                Ok(Exit::AbiIn(port, data.len().min(4) as u8))
+            Ok(VcpuExit::IoIn(port, _)) if self.abi.as_ref().is_some_and(|a| a.owns_port(port)) => {
+                // SAFETY: as for the device exits below: `run` is this vCPU's
+                // live kvm_run mapping, whose `io` member KVM filled for this
+                // exit; read through the raw pointer.
+                let io = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io).read() };
+                Ok(Exit::AbiIn(port, io.size, io.count))
             }
             Ok(exit) => {
                 let io_size = match exit {
@@ -279,9 +284,17 @@ impl VcpuRunner {
                     .flow(|abi, vcpu, ctx| abi.port_out(vcpu, port, ctx))
                     .unwrap_or(RunState::Running);
             }
-            Ok(Exit::AbiIn(port, size)) => {
+            Ok(Exit::AbiIn(port, size, count)) => {
                 self.exits.fetch_add(1, Ordering::Relaxed);
-                let Some(abi) = self.abi.as_deref_mut() else { return RunState::Running };
+                let abi = match self.abi.as_deref_mut() {
+                    // A string read is no call of any served ABI: it reads an
+                    // unclaimed port.
+                    Some(abi) if count == 1 => abi,
+                    _ => {
+                        self.vcpu.complete_io_in(u32::MAX);
+                        return RunState::Running;
+                    }
+                };
                 let ctx = RunCtx { devices: &self.devices, stop: &self.stop };
                 return match abi.port_in(&mut self.vcpu, port, size, &ctx) {
                     Ok(value) => {

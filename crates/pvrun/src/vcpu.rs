@@ -318,21 +318,25 @@ impl Vcpu {
         self.fd.get_kvm_run()
     }
 
-    /// After an `in` exit: puts the low bytes of `value` (as many as the
-    /// access) where KVM takes what the guest reads from, the exit's data
-    /// area; KVM moves them into AL, AX or EAX as it resumes the guest.
+    /// After an `in` exit: puts the low bytes of `value` (as many as one
+    /// access) into each of the exit's accesses (one, or a string `ins`'s
+    /// count), where KVM takes what the guest reads from: the exit's data
+    /// area, which KVM moves into AL, AX or EAX (or memory) as it resumes.
     pub fn complete_io_in(&mut self, value: u32) {
         let run: *mut kvm_run = self.fd.get_kvm_run();
         let bytes = value.to_le_bytes();
         // SAFETY: `run` is this vCPU's live kvm_run mapping and the last exit
         // was an I/O exit, so its `io` member is the one KVM filled: KVM put
         // `data_offset` inside the mapping, with room for `size` × `count`
-        // bytes; at most `size` (≤ 4 here) are written, through raw pointers.
+        // bytes; exactly those are written (`size` ≤ 4 for port I/O),
+        // through raw pointers.
         unsafe {
             let io = std::ptr::addr_of!((*run).__bindgen_anon_1.io).read();
             let size = usize::from(io.size).min(bytes.len());
             let data = (run as *mut u8).add(io.data_offset as usize);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, size);
+            for i in 0..io.count as usize {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.add(i * size), size);
+            }
         }
     }
 

@@ -19,40 +19,44 @@ fn backdoor(magic: u32, ebx_in: u32, command: u32) -> Vec<u8> {
     v
 }
 
-/// `cmp <reg>, value; jne +3; or esi, bit` for EAX (0xc0), EBX (0xc3) or ECX (0xc1).
-fn set_bit_if(reg: u8, value: u32, bit: u8) -> Vec<u8> {
-    let mut v = vec![0x81, 0xf8 | (reg & 7)];
-    v.extend_from_slice(&value.to_le_bytes());
-    v.extend_from_slice(&[0x75, 0x03, 0x83, 0xce, bit]);
+/// ESI |= `bit` if every (register, value) pair holds: each pair is `cmp
+/// <reg>, value; jne +1; inc edi`, with EAX 0, ECX 1, EBX 3 (ModRM reg
+/// numbers), then `cmp edi, count; jne +3; or esi, bit`.
+fn set_bit_if(pairs: &[(u8, u32)], bit: u8) -> Vec<u8> {
+    let mut v = vec![0x31, 0xff]; // xor edi, edi
+    for &(reg, value) in pairs {
+        v.extend_from_slice(&[0x81, 0xf8 | reg]);
+        v.extend_from_slice(&value.to_le_bytes());
+        v.extend_from_slice(&[0x75, 0x01, 0x47]);
+    }
+    v.extend_from_slice(&[0x83, 0xff, pairs.len() as u8, 0x75, 0x03, 0x83, 0xce, bit]);
     v
 }
 
+const EAX: u8 = 0;
+const ECX: u8 = 1;
+const EBX: u8 = 3;
+
 /// Exits with bit 0: GETVERSION answered (EAX 6, EBX magic, ECX 2); bit 1:
 /// a wrong magic changed EAX to all ones and left EBX; bit 2: a one-byte
-/// read of the port reads 0xff; bit 3: GETHZ gave a frequency (EBX not all
-/// ones).
+/// read of the port reads 0xff; bit 4: a string read (`rep insb`) reads
+/// 0xff bytes; bit 3: GETHZ gave a frequency (EBX not all ones).
 fn backdoor_guest() -> Vec<u8> {
     let mut code = vec![0x31, 0xf6]; // xor esi, esi
     code.extend(backdoor(MAGIC, 0xffff_ffff, 10));
-    // Three conditions for one bit: count them in EDI.
-    code.extend_from_slice(&[0x31, 0xff]); // xor edi, edi
-    for (reg, value) in [(0xc0u8, 6u32), (0xc3, MAGIC), (0xc1, 2)] {
-        code.extend(vec![0x81, 0xf8 | (reg & 7)]);
-        code.extend_from_slice(&value.to_le_bytes());
-        code.extend_from_slice(&[0x75, 0x01, 0x47]); // jne +1; inc edi
-    }
-    code.extend_from_slice(&[0x83, 0xff, 0x03, 0x75, 0x03, 0x83, 0xce, 0x01]); // cmp edi, 3; jne +3; or esi, 1
+    code.extend(set_bit_if(&[(EAX, 6), (EBX, MAGIC), (ECX, 2)], 1));
     code.extend(backdoor(0x1234_5678, 0x55, 10));
-    code.extend_from_slice(&[0x31, 0xff]); // xor edi, edi
-    for (reg, value) in [(0xc0u8, 0xffff_ffffu32), (0xc3, 0x55)] {
-        code.extend(vec![0x81, 0xf8 | (reg & 7)]);
-        code.extend_from_slice(&value.to_le_bytes());
-        code.extend_from_slice(&[0x75, 0x01, 0x47]); // jne +1; inc edi
-    }
-    code.extend_from_slice(&[0x83, 0xff, 0x02, 0x75, 0x03, 0x83, 0xce, 0x02]); // cmp edi, 2; jne +3; or esi, 2
+    code.extend(set_bit_if(&[(EAX, 0xffff_ffff), (EBX, 0x55)], 2));
     code.extend(backdoor(MAGIC, 0, 10));
     code.extend_from_slice(&[0xb8, 0, 0, 0, 0, 0xec]); // mov eax, 0; in al, dx
-    code.extend(set_bit_if(0xc0, 0xff, 4));
+    code.extend(set_bit_if(&[(EAX, 0xff)], 4));
+    // rep insb, four bytes to 0x9000: no call, an unclaimed port's bytes.
+    code.extend_from_slice(&[0xbf, 0x00, 0x90, 0, 0, 0xb9, 4, 0, 0, 0, 0xfc]); // mov edi, 0x9000; mov ecx, 4; cld
+    code.extend_from_slice(&[0xb8]);
+    code.extend_from_slice(&MAGIC.to_le_bytes()); // mov eax, magic
+    code.extend_from_slice(&[0xf3, 0x6c]); // rep insb
+    code.extend_from_slice(&[0x81, 0x3d, 0x00, 0x90, 0, 0, 0xff, 0xff, 0xff, 0xff]); // cmp dword [0x9000], -1
+    code.extend_from_slice(&[0x75, 0x03, 0x83, 0xce, 0x10]); // jne +3; or esi, 16
     code.extend(backdoor(MAGIC, 0xffff_ffff, 45));
     code.extend_from_slice(&[0x81, 0xfb, 0xff, 0xff, 0xff, 0xff, 0x74, 0x03, 0x83, 0xce, 0x08]); // cmp ebx, -1; je +3; or esi, 8
     code.extend_from_slice(&[0x89, 0xf0]); // mov eax, esi
@@ -67,13 +71,13 @@ fn the_backdoor_answers_as_the_abi_says() {
     }
     let k = kernel("vmware-backdoor", &ElfSpec::new(&backdoor_guest()));
     let out = pvrun_kernel(&k, &["--personality", "vmware", "--stats"]);
-    assert_eq!(out.code(), (0xf << 1) | 1, "{out:#?}");
+    assert_eq!(out.code(), (0x1f << 1) | 1, "{out:#?}");
     // GETVERSION twice and GETHZ answered; the wrong magic, and the byte read, not.
     assert!(out.stderr.contains("vCPU 0: vmware: calls=3 unsupported=2 steal_enabled=0"), "{out:#?}");
     // Without the personality nothing answers: a port that reads all ones
-    // (bits 1 and 2 hold anywhere, bit 0 and 3 only with the backdoor).
+    // (bits 1, 2 and 4 hold anywhere, bits 0 and 3 only with the backdoor).
     let out = pvrun_kernel(&k, &["--personality", "kvm", "--no-hypercall-probe"]);
-    assert_eq!(out.code(), (0x6 << 1) | 1, "{out:#?}");
+    assert_eq!(out.code(), (0x16 << 1) | 1, "{out:#?}");
 }
 
 #[test]

@@ -18,8 +18,9 @@ fn is_vmware(ctx: &Ctx) -> bool {
     ctx.selection.decision.backend.name == "vmware"
 }
 
-/// Under KVM, Xen or Hyper-V the port is never read; elsewhere GETVERSION is
-/// one port read; in ring 3 nothing runs at all.
+/// Under KVM, Xen or Hyper-V (hosts known not to be VMware) the port is
+/// never read; elsewhere GETVERSION is one port read; in ring 3 nothing runs
+/// at all.
 fn probe_outcome(ctx: &mut Ctx) -> TestResult {
     let (reads, ticks) = probe::cost();
     let khz = paravirt::time::tsc_khz().max(1);
@@ -29,15 +30,20 @@ fn probe_outcome(ctx: &mut Ctx) -> TestResult {
     match probe::outcome() {
         Outcome::NotRun => {
             ensure!(reads == 0, "not run, yet {} port reads", reads);
-            diag!("vmware probe: not run (the {} boot flow enters in ring 3)", ctx.boot.protocol);
+            if matches!(ctx.boot.flow, paravirt::BootFlow::Hardware) {
+                // Only an override skips probing on a hardware boot flow.
+                ensure!(
+                    crate::cmdline_value(ctx.boot.cmdline(), "pv").is_some(),
+                    "not run, and no pv= given"
+                );
+                diag!("vmware probe: not run (pv= chose the backend)");
+            } else {
+                diag!("vmware probe: not run (the {} boot flow enters in ring 3)", ctx.boot.protocol);
+            }
         }
         Outcome::Skipped => {
             ensure!(reads == 0, "skipped, yet {} port reads", reads);
-            ensure!(
-                other_signs,
-                "port left alone under {:?}, which has no backend of its own",
-                platform.name
-            );
+            ensure!(other_signs, "port left alone under {:?}, which may be VMware", platform.name);
             diag!("vmware probe: port untouched ({} signs the CPUID leaves)", platform.name);
         }
         Outcome::Absent => {

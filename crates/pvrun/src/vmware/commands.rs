@@ -2,25 +2,8 @@
 //! registers and at most one steal-clock change out (`docs/abi/vmware.md`
 //! §3, §5 and §7). Nothing here touches the vCPU, memory or a clock.
 
+pub use pvabi::vmware::Regs;
 use pvabi::vmware::{self as abi, cmd, stealclock, STEAL_TIME_SIZE};
-
-/// The registers of one call, as the guest left them (in) or as it will
-/// find them (out). Only the low 32 bits count: the ABI is 32-bit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Regs {
-    /// EAX.
-    pub eax: u32,
-    /// EBX.
-    pub ebx: u32,
-    /// ECX.
-    pub ecx: u32,
-    /// EDX.
-    pub edx: u32,
-    /// ESI.
-    pub esi: u32,
-    /// EDI.
-    pub edi: u32,
-}
 
 /// What the host answers with: fixed for the run, except `now`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +15,10 @@ pub struct Host {
     pub apic_khz: u32,
     /// Guest memory, bytes.
     pub mem_bytes: u64,
+    /// Whether the host can keep a steal clock (it accounts each thread's
+    /// run-queue wait); without one, or without `tsc_khz`, STEALCLOCK
+    /// answers "not available".
+    pub steal: bool,
     /// The wall clock: seconds and microseconds since the Unix epoch (UTC).
     pub now: (u64, u32),
 }
@@ -117,7 +104,7 @@ pub fn call(regs: &mut Regs, host: &Host) -> Outcome {
         // No bit pvrun can promise: KVM does not say whether the TSCs stay
         // synchronized, and x2APIC is the guest's to check in CPUID.
         cmd::GET_VCPU_INFO => regs.eax = 0,
-        cmd::STEALCLOCK if host.tsc_khz == 0 => return unsupported(regs),
+        cmd::STEALCLOCK if host.tsc_khz == 0 || !host.steal => return unsupported(regs),
         cmd::STEALCLOCK => {
             let (hi, lo) = (regs.esi, regs.edi);
             if (hi, lo) == stealclock::DISABLE_ARGS {
@@ -143,8 +130,13 @@ pub fn call(regs: &mut Regs, host: &Host) -> Outcome {
 mod tests {
     use super::*;
 
-    const HOST: Host =
-        Host { tsc_khz: 2_400_000, apic_khz: 1_000_000, mem_bytes: 128 << 20, now: (0x1_6932_1000, 250_000) };
+    const HOST: Host = Host {
+        tsc_khz: 2_400_000,
+        apic_khz: 1_000_000,
+        mem_bytes: 128 << 20,
+        steal: true,
+        now: (0x1_6932_1000, 250_000),
+    };
 
     fn ask(command: u32, ebx: u32, esi: u32, edi: u32) -> (Regs, Outcome) {
         let mut r = Regs { eax: abi::MAGIC, ebx, ecx: command, edx: u32::from(abi::PORT), esi, edi };
@@ -222,5 +214,8 @@ mod tests {
         let mut r = Regs { eax: abi::MAGIC, ecx: cmd::STEALCLOCK, esi, edi, ..Regs::default() };
         call(&mut r, &Host { tsc_khz: 0, ..HOST });
         assert_eq!(r.eax, stealclock::NOT_AVAILABLE, "no frequency: no steal clock");
+        let mut r = Regs { eax: abi::MAGIC, ecx: cmd::STEALCLOCK, esi, edi, ..Regs::default() };
+        call(&mut r, &Host { steal: false, ..HOST });
+        assert_eq!(r.eax, stealclock::NOT_AVAILABLE, "no schedstat: no steal clock");
     }
 }

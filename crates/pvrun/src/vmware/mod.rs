@@ -45,11 +45,13 @@ pub struct VmwareVcpu {
 }
 
 /// Readies `vcpu`'s side: its registers through `kvm_run`, the host facts
-/// (`tsc_khz` 0 when KVM cannot say: then no GETHZ and no steal clock) and
-/// the VM's shared steal clocks.
+/// (`tsc_khz` 0 when KVM cannot say: then no GETHZ and no steal clock; no
+/// steal clock either where the host keeps no schedstats) and the VM's
+/// shared steal clocks.
 pub fn setup(vm: &Vm, vcpu: &mut Vcpu, tsc_khz: u32, clocks: &Arc<StealClocks>) -> VmwareVcpu {
     vcpu.enable_sync_regs(vm.kvm());
-    let host = Host { tsc_khz, apic_khz: KVM_APIC_BUS_KHZ, mem_bytes: vm.mem_bytes(), now: (0, 0) };
+    let steal = crate::schedstat::this_thread_run_delay().is_some();
+    let host = Host { tsc_khz, apic_khz: KVM_APIC_BUS_KHZ, mem_bytes: vm.mem_bytes(), steal, now: (0, 0) };
     VmwareVcpu {
         index: vcpu.index(),
         host,

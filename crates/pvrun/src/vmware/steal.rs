@@ -91,8 +91,11 @@ impl StealClocks {
         if !*self.updater.get_or_init(|| self.start_updater()) {
             return Err(StealError::Thread);
         }
+        // Held across the zeroing: the updater cannot write an old count
+        // after it.
+        let mut slot = self.slot(vcpu);
         self.memory.store(0u64, GuestAddress(gpa), Ordering::Release).map_err(|_| StealError::Memory(gpa))?;
-        *self.slot(vcpu) = Some(Registration { gpa, schedstat, base_ns, ticks: 0 });
+        *slot = Some(Registration { gpa, schedstat, base_ns, ticks: 0 });
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+pub use super::abi::Regs;
 use super::abi::{self, cmd, stealclock, StealTime};
 use super::probe;
 use crate::backends::native::ops as native;
@@ -23,46 +24,51 @@ use crate::select::{AbiLine, InitEnv, OpSet};
 use crate::table::PvOps;
 use crate::{current_cpu, virt_to_phys, MAX_CPUS};
 
-/// The registers a backdoor call returns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Regs {
-    /// EAX.
-    pub eax: u32,
-    /// EBX.
-    pub ebx: u32,
-    /// ECX.
-    pub ecx: u32,
-    /// EDX.
-    pub edx: u32,
-    /// ESI.
-    pub esi: u32,
-    /// EDI.
-    pub edi: u32,
+/// Whether the CPU runs at privilege level 0, where a port read cannot fault.
+fn at_cpl0() -> bool {
+    let cs: u16;
+    // SAFETY: reading CS has no side effect.
+    unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    cs & 3 == 0
 }
 
 /// One backdoor call: `in eax, dx` with EAX = magic, ECX = `command`, EBX =
-/// `ebx`, EDX = port | `edx_high` << 16, ESI = `esi`, EDI = `edi`.
-/// At CPL 0 only (see the module doc of [`probe`]).
+/// `ebx`, EDX = port | `edx_high` << 16, ESI = `esi`, EDI = `edi`, each
+/// zero-extended. Outside CPL 0 (where `in` would fault) nothing is called
+/// and the answer is an absent port's: EAX all ones, the rest as given.
 pub fn backdoor(command: u32, ebx: u32, edx_high: u16, esi: u32, edi: u32) -> Regs {
-    let (eax, ebx_out, ecx, edx, esi_out, edi_out): (u32, u64, u32, u32, u32, u32);
-    // SAFETY: a port read at CPL 0, which cannot fault; a VMware host (or
-    // QEMU's vmport) may write EAX, EBX, ECX, EDX, ESI and EDI, all declared
-    // as outputs. RBX is reserved by the compiler: it is swapped in and out.
+    let edx_in = u32::from(abi::PORT) | (u32::from(edx_high) << 16);
+    if !at_cpl0() {
+        return Regs { eax: abi::UNSUPPORTED, ebx, ecx: command, edx: edx_in, esi, edi };
+    }
+    let (eax, ebx_out, ecx, edx, esi_out, edi_out): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: a port read at CPL 0 (checked above), which cannot fault; a
+    // VMware host (or QEMU's vmport) may write EAX, EBX, ECX, EDX, ESI and
+    // EDI, all declared as outputs. RBX is reserved by the compiler: it is
+    // swapped in and out.
     unsafe {
         core::arch::asm!(
             "xchg rbx, {b}",
             "in eax, dx",
             "xchg rbx, {b}",
             b = inout(reg) u64::from(ebx) => ebx_out,
-            inout("eax") abi::MAGIC => eax,
-            inout("ecx") command => ecx,
-            inout("edx") u32::from(abi::PORT) | (u32::from(edx_high) << 16) => edx,
-            inout("esi") esi => esi_out,
-            inout("edi") edi => edi_out,
+            inout("rax") u64::from(abi::MAGIC) => eax,
+            inout("rcx") u64::from(command) => ecx,
+            inout("rdx") u64::from(edx_in) => edx,
+            inout("rsi") u64::from(esi) => esi_out,
+            inout("rdi") u64::from(edi) => edi_out,
             options(nostack, preserves_flags),
         );
     }
-    Regs { eax, ebx: ebx_out as u32, ecx, edx, esi: esi_out, edi: edi_out }
+    let low = |r: u64| r as u32;
+    Regs {
+        eax: low(eax),
+        ebx: low(ebx_out),
+        ecx: low(ecx),
+        edx: low(edx),
+        esi: low(esi_out),
+        edi: low(edi_out),
+    }
 }
 
 /// Where the TSC frequency came from.
@@ -213,10 +219,10 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
         set.insert(Op::TimeTscKhz);
         features |= if source == 1 { feature::TIMING_LEAF } else { feature::GETHZ };
     }
-    if gettimefull_wall(&backdoor(cmd::GETTIMEFULL, 0, 0, 0, 0)).is_some() {
+    if gettimefull_wall(&backdoor(cmd::GETTIMEFULL, abi::UNSUPPORTED, 0, 0, 0)).is_some() {
         WALL_SOURCE.store(1, Ordering::Relaxed);
         features |= feature::GETTIMEFULL;
-    } else if gettime_wall(&backdoor(cmd::GETTIME, 0, 0, 0, 0)).is_some() {
+    } else if gettime_wall(&backdoor(cmd::GETTIME, abi::UNSUPPORTED, 0, 0, 0)).is_some() {
         WALL_SOURCE.store(2, Ordering::Relaxed);
         features |= feature::GETTIME;
     }
@@ -225,9 +231,10 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
         set.insert(Op::TimeWallClock);
     }
     // As Linux: a disabling call tells whether the host keeps a steal clock,
-    // and its ticks mean nothing without the TSC frequency.
+    // and its ticks mean nothing without the TSC frequency. Stricter than
+    // Linux, only "disabled" counts (a host that leaves EAX alone does not).
     let (esi, edi) = stealclock::DISABLE_ARGS;
-    let available = backdoor(cmd::STEALCLOCK, 0, 0, esi, edi).eax != stealclock::NOT_AVAILABLE;
+    let available = backdoor(cmd::STEALCLOCK, 0, 0, esi, edi).eax == stealclock::DISABLED;
     if available && khz.is_some() {
         STEAL.store(true, Ordering::Relaxed);
         ops.time.steal_clock = steal_clock;
@@ -243,7 +250,11 @@ pub fn init_cpu(cpu: u32) {
     if !STEAL.load(Ordering::Relaxed) {
         return;
     }
-    let pa = virt_to_phys(record(cpu) as u64);
+    let rec = record(cpu);
+    // SAFETY: this CPU's own record, not registered yet (or no longer, after
+    // a refused call): no host writes it, and only this CPU registers it.
+    unsafe { (rec as *mut StealTime).write_volatile(StealTime::default()) };
+    let pa = virt_to_phys(rec as u64);
     let r = backdoor(cmd::STEALCLOCK, 0, 0, (pa >> 32) as u32, pa as u32);
     if r.eax == stealclock::ENABLED {
         STEAL_CPUS.fetch_add(1, Ordering::Relaxed);
@@ -256,8 +267,8 @@ extern "C" fn tsc_khz() -> u64 {
 
 extern "C" fn wall_clock() -> WallClock {
     let wall = match WALL_SOURCE.load(Ordering::Relaxed) {
-        1 => gettimefull_wall(&backdoor(cmd::GETTIMEFULL, 0, 0, 0, 0)),
-        _ => gettime_wall(&backdoor(cmd::GETTIME, 0, 0, 0, 0)),
+        1 => gettimefull_wall(&backdoor(cmd::GETTIMEFULL, abi::UNSUPPORTED, 0, 0, 0)),
+        _ => gettime_wall(&backdoor(cmd::GETTIME, abi::UNSUPPORTED, 0, 0, 0)),
     };
     wall.unwrap_or_else(|| native::wall_clock())
 }

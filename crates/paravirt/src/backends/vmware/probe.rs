@@ -3,7 +3,8 @@
 //! Without it the port alone can tell (QEMU's vmport under TCG, which signs
 //! the leaves "TCGTCGTCGTCG"): one GETVERSION, which on a host without the
 //! port reads all ones and leaves EBX as it was. The port is not touched
-//! where KVM, Xen or Hyper-V sign the leaves — their own backends serve them,
+//! where KVM, Xen or Hyper-V sign the leaves — hosts known not to be VMware
+//! (KVM and Xen have backends of their own; a Hyper-V guest stays native),
 //! and a guest there pays nothing for this one — nor by a kernel in ring 3
 //! (the lguest and Xen PV boot flows never probe; `in` would #GP there).
 
@@ -19,9 +20,10 @@ use crate::select::{CpuidSource, Note, Probe};
 /// serve those hosts better (a VMware backdoor beside them is an extra).
 pub const PRIORITY: u32 = 20;
 
-/// Signatures of hypervisors with a backend of their own: the port is not
+/// Signatures of hypervisors known not to be VMware: the port is not
 /// probed under them.
-const OTHERS: &[&[u8; 12]] = &[b"KVMKVMKVM\0\0\0", b"XenVMMXenVMM", b"Microsoft Hv"];
+const OTHERS: &[&[u8; 12]] =
+    &[crate::backends::kvm::abi::SIGNATURE, crate::backends::xen::abi::SIGNATURE, b"Microsoft Hv"];
 
 /// What detection did, for reports and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
