@@ -454,13 +454,17 @@ fn pv_override_on_pvrun() {
     let b = boot(p, "pv=native pvkernel.tests=pv.");
     assert_eq!(b.report.platform_field("backend").as_deref(), Some("native"), "{}", transcript(&b));
     assert!(b.report.is_success(), "{}", transcript(&b));
-    let b = boot(p, "pv=vmware pvkernel.tests=pv.");
+    let b = boot(p, "pv=hyperv pvkernel.tests=pv.");
     assert_eq!(b.report.platform_field("backend").as_deref(), Some("kvm"));
     assert!(
-        b.report.diagnostics.iter().any(|d| d.contains("pv=vmware: no such backend")),
+        b.report.diagnostics.iter().any(|d| d.contains("pv=hyperv: no such backend")),
         "{}",
         transcript(&b)
     );
+    // A backend that exists but did not find its hypervisor: probing decides.
+    let b = boot(p, "pv=vmware pvkernel.tests=pv.");
+    assert_eq!(b.report.platform_field("backend").as_deref(), Some("kvm"));
+    assert_diagnostics(&b, &["pv=vmware: backend not detected here; selected by probing"]);
 }
 
 /// With patching off every site stays an indirect call, and the suite still passes.
