@@ -3,6 +3,14 @@
 
 use crate::select::Backend;
 
+/// `serve!(ops, set; group.field = function => Op;...)`: installs each
+/// function in the op table `ops` and adds its op to the `OpSet` `set`.
+macro_rules! serve {
+    ($ops:ident, $set:ident; $($group:ident . $field:ident = $f:expr => $op:ident;)*) => {
+        $( $ops.$group.$field = $f; $set.insert($crate::ops::Op::$op); )*
+    };
+}
+
 pub mod kvm;
 pub mod lguest;
 pub mod native;

@@ -75,12 +75,7 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     }
 
     let mut set = OpSet::EMPTY;
-    macro_rules! serve {
-        ($($group:ident . $field:ident = $f:expr => $op:ident;)*) => {
-            $( ops.$group.$field = $f; set.insert(Op::$op); )*
-        };
-    }
-    serve! {
+    serve! { ops, set;
         cpu.cpuid = cpuid => CpuCpuid;
         cpu.read_cr0 = read_cr0 => CpuReadCr0;
         cpu.write_cr0 = write_cr0 => CpuWriteCr0;
@@ -124,7 +119,7 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
         power.reboot = reboot => PowerReboot;
     }
     if khz != 0 {
-        serve! { time.tsc_khz = tsc_khz => TimeTscKhz; }
+        serve! { ops, set; time.tsc_khz = tsc_khz => TimeTscKhz; }
     }
     let version = (u64::from(abi::ABI_MAJOR) << 16) | u64::from(abi::ABI_MINOR);
     (set, AbiLine { name: "lguest64", features: Some(version) })

@@ -59,7 +59,6 @@ use crate::backends::pvclock;
 use crate::cpus::CpuSet;
 use crate::lazy::{LazyQueue, Update};
 use crate::ops::cpu::{CpuidResult, DescriptorTablePointer};
-use crate::ops::Op;
 use crate::select::{AbiLine, OpSet};
 use crate::table::PvOps;
 use crate::StartCpu;
@@ -154,12 +153,7 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
     let mut set = OpSet::EMPTY;
     common::install_common(ops, &mut set);
     // Every op this flavour serves, with the function that serves it.
-    macro_rules! serve {
-        ($($group:ident . $field:ident = $f:expr => $op:ident;)*) => {
-            $( ops.$group.$field = $f; set.insert(Op::$op); )*
-        };
-    }
-    serve! {
+    serve! { ops, set;
         cpu.cpuid = cpuid => CpuCpuid;
         cpu.write_cr0 = write_cr0 => CpuWriteCr0;
         cpu.load_gdt = keep_xen_table => CpuLoadGdt;
@@ -203,10 +197,10 @@ pub fn install(start_info: u64, ops: &mut PvOps) -> (OpSet, AbiLine) {
     if khz != 0 {
         TSC_KHZ.store(khz, Ordering::Relaxed);
         native::seed_tsc_khz(khz);
-        serve! { time.tsc_khz = tsc_khz => TimeTscKhz; }
+        serve! { ops, set; time.tsc_khz = tsc_khz => TimeTscKhz; }
     }
     if steal {
-        serve! {
+        serve! { ops, set;
             time.steal_clock = runstate::steal_clock => TimeStealClock;
             lock.vcpu_is_preempted = runstate::vcpu_is_preempted => LockVcpuIsPreempted;
         }
