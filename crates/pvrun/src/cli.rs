@@ -125,9 +125,11 @@ pub struct Cli {
     /// 0x40000000/1, minus cleared bits), none (no hypervisor bit, no
     /// 0x400000xx leaves), lguest (the kernel runs in ring 3 at its lguest64
     /// entry, served lguest's hypercalls; one vCPU; docs/abi/lguest.md), vmi
-    /// (a VMI/64 option ROM at 0xC0000; docs/abi/vmi.md) or vmware
+    /// (a VMI/64 option ROM at 0xC0000; docs/abi/vmi.md), vmware
     /// ("VMwareVMware" and the timing leaf at 0x40000000, VMware's backdoor
-    /// on port 0x5658 with a steal clock per vCPU; docs/abi/vmware.md)
+    /// on port 0x5658 with a steal clock per vCPU; docs/abi/vmware.md) or
+    /// hyperv ("Microsoft Hv" at 0x40000000, the reference TSC page,
+    /// frequency MSRs and IPI hypercalls; docs/abi/hyperv.md)
     #[arg(long, value_name = "NAME", value_enum, default_value_t = Personality::Kvm)]
     pub personality: Personality,
 

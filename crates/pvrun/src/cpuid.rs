@@ -82,6 +82,11 @@ pub enum Personality {
     /// the backdoor port 0x5658 served (TSC and APIC frequencies, the wall
     /// clock, a steal clock per vCPU).
     Vmware,
+    /// Hyper-V (see `docs/abi/hyperv.md`): KVM's leaves replaced by
+    /// "Microsoft Hv" and the leaves up to 0x40000005, the synthetic MSRs
+    /// (reference TSC page, frequencies, VP index) and the IPI hypercalls
+    /// served.
+    Hyperv,
 }
 
 impl Personality {
@@ -93,6 +98,7 @@ impl Personality {
             Personality::Lguest => "lguest",
             Personality::Vmi => "vmi",
             Personality::Vmware => "vmware",
+            Personality::Hyperv => "hyperv",
         }
     }
 }
@@ -174,6 +180,48 @@ pub fn vmware_leaves(tsc_khz: u32) -> [kvm_cpuid_entry2; 2] {
     [base, timing]
 }
 
+/// The leaves personality hyperv adds, 0x40000000..=0x40000005: the
+/// signature, "Hv#1", a version, the privileges and features served (the
+/// frequency MSRs and reference TSC page only when the TSC frequency is
+/// known), the recommendation to send IPIs by hypercall (with the "Ex" form
+/// beyond 64 vCPUs), and the vCPU limit.
+pub fn hyperv_leaves(tsc_khz: u32, cpus: u8) -> [kvm_cpuid_entry2; 6] {
+    use pvabi::hyperv::{feature, leaf, privilege, recommend, INTERFACE_HV1, SIGNATURE};
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            SIGNATURE[i * 4],
+            SIGNATURE[i * 4 + 1],
+            SIGNATURE[i * 4 + 2],
+            SIGNATURE[i * 4 + 3],
+        ])
+    };
+    let clock = if tsc_khz != 0 { privilege::REFERENCE_TSC | privilege::FREQUENCY_MSRS } else { 0 };
+    let entry = |function, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
+        function,
+        eax,
+        ebx,
+        ecx,
+        edx,
+        ..Default::default()
+    };
+    [
+        entry(leaf::VENDOR, leaf::LIMITS, word(0), word(1), word(2)),
+        entry(leaf::INTERFACE, INTERFACE_HV1, 0, 0, 0),
+        // Build 1, version 1.0: pvrun's, not a Windows release.
+        entry(leaf::VERSION, 1, 1 << 16, 0, 0),
+        entry(
+            leaf::FEATURES,
+            privilege::TIME_REF_COUNT | privilege::HYPERCALL_MSRS | privilege::VP_INDEX | clock,
+            0,
+            0,
+            if tsc_khz != 0 { feature::FREQUENCY_MSRS } else { 0 },
+        ),
+        // No spinlock notifications (retry count all ones).
+        entry(leaf::ENLIGHTENMENTS, recommend::CLUSTER_IPI | recommend::EX_PROCESSOR_MASKS, u32::MAX, 0, 0),
+        entry(leaf::LIMITS, u32::from(cpus), u32::from(cpus), 0, 0),
+    ]
+}
+
 /// KVM's supported CPUID `supported` patched for the vCPU with APIC ID
 /// `apic_id`:
 ///
@@ -183,18 +231,22 @@ pub fn vmware_leaves(tsc_khz: u32) -> [kvm_cpuid_entry2; 2] {
 /// * leaves 0xB and 0x1F (every subleaf present): EDX = x2APIC ID;
 /// * personality kvm: CPUID 0x40000001 EAX minus `kvm_features_clear`;
 /// * personalities none, lguest and vmi: every leaf in 0x40000000..=0x400000ff dropped;
-/// * personality vmware: those leaves replaced by [`vmware_leaves`].
+/// * personality vmware: those leaves replaced by [`vmware_leaves`];
+/// * personality hyperv: those leaves replaced by [`hyperv_leaves`].
 pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec) -> Vec<kvm_cpuid_entry2> {
     let mut out = Vec::with_capacity(supported.len());
     for entry in supported {
         let mut e = *entry;
         let hypervisor_leaf = (HYPERVISOR_LEAF_FIRST..=HYPERVISOR_LEAF_LAST).contains(&e.function);
         match (e.function, spec.personality) {
-            (_, Personality::None | Personality::Lguest | Personality::Vmi | Personality::Vmware)
-                if hypervisor_leaf =>
-            {
-                continue
-            }
+            (
+                _,
+                Personality::None
+                | Personality::Lguest
+                | Personality::Vmi
+                | Personality::Vmware
+                | Personality::Hyperv,
+            ) if hypervisor_leaf => continue,
             (1, personality) => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(spec.cpus) << 16) | (u32::from(apic_id) << 24);
                 if spec.cpus > 1 {
@@ -214,8 +266,10 @@ pub fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], apic_id: u8, spec: &CpuidSpec)
         }
         out.push(e);
     }
-    if spec.personality == Personality::Vmware {
-        out.extend(vmware_leaves(spec.tsc_khz));
+    match spec.personality {
+        Personality::Vmware => out.extend(vmware_leaves(spec.tsc_khz)),
+        Personality::Hyperv => out.extend(hyperv_leaves(spec.tsc_khz, spec.cpus)),
+        _ => {}
     }
     out
 }
@@ -359,6 +413,28 @@ mod tests {
         assert!(find(&out, KVM_CPUID_FEATURES).is_none(), "KVM's leaves are gone");
         let hv: Vec<_> = out.iter().filter(|e| (0x4000_0000..=0x4000_00ff).contains(&e.function)).collect();
         assert_eq!(hv.len(), 2);
+    }
+
+    #[test]
+    fn personality_hyperv_signs_microsoft_hv_and_offers_what_is_served() {
+        use pvabi::hyperv::{feature, privilege, recommend};
+        let out = vcpu_cpuid(&supported(), 0, &spec(3, Personality::Hyperv, 0));
+        let base = leaf(&out, 0x4000_0000);
+        assert_eq!((signature(&base).as_str(), base.eax), ("Microsoft Hv", 0x4000_0005));
+        assert_eq!(leaf(&out, 0x4000_0001).eax, 0x3123_7648, "Hv#1");
+        let features = leaf(&out, 0x4000_0003);
+        let clock = privilege::REFERENCE_TSC | privilege::FREQUENCY_MSRS;
+        assert_eq!(features.eax & clock, clock);
+        assert_ne!(features.edx & feature::FREQUENCY_MSRS, 0);
+        assert_ne!(leaf(&out, 0x4000_0004).eax & recommend::CLUSTER_IPI, 0);
+        assert_eq!(leaf(&out, 0x4000_0005).eax, 3, "the vCPU limit");
+        let hv = out.iter().filter(|e| (0x4000_0000..=0x4000_00ff).contains(&e.function)).count();
+        assert_eq!(hv, 6);
+        // Without a known TSC frequency, no clock is offered.
+        let mut no_tsc = spec(3, Personality::Hyperv, 0);
+        no_tsc.tsc_khz = 0;
+        let features = leaf(&vcpu_cpuid(&supported(), 0, &no_tsc), 0x4000_0003);
+        assert_eq!((features.eax & clock, features.edx & feature::FREQUENCY_MSRS), (0, 0));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod devices;
 pub mod error;
 pub mod exit;
 pub mod fuzzing;
+pub mod hyperv;
 pub mod layout;
 pub mod lguest;
 pub mod loader;
@@ -160,7 +161,9 @@ fn boot(
     let vm = Arc::new(match config.personality {
         Personality::Lguest => Vm::new_bare(kvm, mem_bytes)?,
         Personality::Vmi => Vm::with_rom(kvm, mem_bytes, (vmi::rom::ROM_ADDRESS, vmi::rom::ROM_SPAN))?,
-        Personality::Kvm | Personality::None | Personality::Vmware => Vm::new(kvm, mem_bytes)?,
+        Personality::Kvm | Personality::None | Personality::Vmware | Personality::Hyperv => {
+            Vm::new(kvm, mem_bytes)?
+        }
     });
     let entry = kernel.load(vm.memory())?;
     // Every vCPU exists before any is configured: on this repository's host,
@@ -171,6 +174,9 @@ fn boot(
     spec.tsc_khz = vcpus[0].tsc_khz().unwrap_or(0);
     let steal_clocks = (config.personality == Personality::Vmware)
         .then(|| vmware::steal::StealClocks::new(vm.memory().clone(), u64::from(spec.tsc_khz), vcpus.len()));
+    let hyperv = (config.personality == Personality::Hyperv)
+        .then(|| vm.exit_on_unknown_msrs().map(|()| hyperv::Shared::new(&vm, vcpus.len(), spec.tsc_khz)))
+        .transpose()?;
     if lguest {
         let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), 0, &spec);
         let abi =
@@ -196,6 +202,9 @@ fn boot(
                 Personality::Vmware => steal_clocks.as_ref().map(|clocks| {
                     Box::new(vmware::setup(&vm, vcpu, spec.tsc_khz, clocks)) as Box<dyn ServedAbi>
                 }),
+                Personality::Hyperv => hyperv
+                    .as_ref()
+                    .map(|shared| Box::new(hyperv::setup(&vm, vcpu, shared)) as Box<dyn ServedAbi>),
                 _ => None,
             };
             abis.push(abi);

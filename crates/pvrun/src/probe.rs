@@ -380,9 +380,14 @@ impl FeaturePlan {
     /// without `--no-hypercall-probe`.
     pub fn for_config(config: &VmConfig, supported: &[kvm_cpuid_entry2], api_version: i32) -> Self {
         let hypercalls = match (config.personality, config.hypercall_probe) {
-            (Personality::None | Personality::Lguest | Personality::Vmi | Personality::Vmware, _) => {
-                HypercallProbe::NotNeeded
-            }
+            (
+                Personality::None
+                | Personality::Lguest
+                | Personality::Vmi
+                | Personality::Vmware
+                | Personality::Hyperv,
+                _,
+            ) => HypercallProbe::NotNeeded,
             (Personality::Kvm, false) => HypercallProbe::Skipped,
             (Personality::Kvm, true) => {
                 probe_hypercalls_cached(&config.kvm_path, api_version, config.refresh_probe)
@@ -401,7 +406,11 @@ impl FeaturePlan {
     pub fn advertised(&self) -> Option<u32> {
         match self.personality {
             Personality::Kvm => self.offered.map(|w| w & !self.clear_mask()),
-            Personality::None | Personality::Lguest | Personality::Vmi | Personality::Vmware => None,
+            Personality::None
+            | Personality::Lguest
+            | Personality::Vmi
+            | Personality::Vmware
+            | Personality::Hyperv => None,
         }
     }
 }

@@ -103,6 +103,16 @@ pub trait ServedAbi: Send + std::fmt::Debug {
     fn port_in(&mut self, _vcpu: &mut Vcpu, _port: u16, _size: u8, _ctx: &RunCtx) -> Result<u32, GuestError> {
         Ok(u32::MAX)
     }
+    /// A `rdmsr` KVM left to user space (a personality that asked for MSR
+    /// exits): the value, or `None` for a #GP. By default every one faults,
+    /// as KVM's unknown MSRs do.
+    fn msr_read(&mut self, _vcpu: &mut Vcpu, _index: u32) -> Option<u64> {
+        None
+    }
+    /// A `wrmsr` KVM left to user space: `false` for a #GP.
+    fn msr_write(&mut self, _vcpu: &mut Vcpu, _index: u32, _value: u64) -> bool {
+        false
+    }
     /// Before each entry into the guest: after any exit, and after a kick.
     fn before_run(&mut self, vcpu: &mut Vcpu, ctx: &RunCtx) -> Result<Flow, GuestError>;
     /// What the personality counted, for `--stats`: one line, `name: key=N ...`.
@@ -213,6 +223,10 @@ enum Exit {
     /// A read from a port of the served ABI: the port, the size of one
     /// access, and how many (more than one: a string `ins`).
     AbiIn(u16, u8, u32),
+    /// A `rdmsr` KVM left to user space: the MSR.
+    MsrRead(u32),
+    /// A `wrmsr` KVM left to user space: the MSR and the value.
+    MsrWrite(u32, u64),
 }
 
 impl VcpuRunner {
@@ -262,6 +276,8 @@ impl VcpuRunner {
                 let io = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io).read() };
                 Ok(Exit::AbiIn(port, io.size, io.count))
             }
+            Ok(VcpuExit::X86Rdmsr(msr)) if self.abi.is_some() => Ok(Exit::MsrRead(msr.index)),
+            Ok(VcpuExit::X86Wrmsr(msr)) if self.abi.is_some() => Ok(Exit::MsrWrite(msr.index, msr.data)),
             Ok(exit) => {
                 let io_size = match exit {
                     // SAFETY: `run` is this vCPU's live kvm_run mapping, and for an
@@ -303,6 +319,19 @@ impl VcpuRunner {
                     }
                     Err(e) => RunState::Stopped(VcpuStop::Crashed(e)),
                 };
+            }
+            Ok(Exit::MsrRead(index)) => {
+                self.exits.fetch_add(1, Ordering::Relaxed);
+                let value = self.abi.as_deref_mut().and_then(|abi| abi.msr_read(&mut self.vcpu, index));
+                self.vcpu.complete_msr(value);
+                return RunState::Running;
+            }
+            Ok(Exit::MsrWrite(index, value)) => {
+                self.exits.fetch_add(1, Ordering::Relaxed);
+                let done =
+                    self.abi.as_deref_mut().is_some_and(|abi| abi.msr_write(&mut self.vcpu, index, value));
+                self.vcpu.complete_msr(done.then_some(0));
+                return RunState::Running;
             }
             Ok(Exit::Device(action)) => {
                 self.exits.fetch_add(1, Ordering::Relaxed);

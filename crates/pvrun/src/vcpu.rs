@@ -340,6 +340,21 @@ impl Vcpu {
         }
     }
 
+    /// After a `rdmsr` or `wrmsr` exit (`KVM_EXIT_X86_RDMSR`/`WRMSR`): `Some`
+    /// completes it (a read gets the value), `None` makes KVM inject #GP.
+    pub fn complete_msr(&mut self, value: Option<u64>) {
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        // SAFETY: `run` is this vCPU's live kvm_run mapping and the last exit
+        // was an MSR exit, so its `msr` member is the one KVM filled and
+        // reads back at the next KVM_RUN; two of its fields are written
+        // through raw pointers.
+        unsafe {
+            let msr = std::ptr::addr_of_mut!((*run).__bindgen_anon_1.msr);
+            std::ptr::addr_of_mut!((*msr).error).write(u8::from(value.is_none()));
+            std::ptr::addr_of_mut!((*msr).data).write(value.unwrap_or(0));
+        }
+    }
+
     /// Lets [`Self::sync_regs`] and [`Self::set_sync_regs`] use the copy of the
     /// registers KVM keeps in `kvm_run` (`KVM_CAP_SYNC_REGS`), saving two ioctls
     /// per exit; without the capability they fall back to `KVM_GET/SET_REGS`.

@@ -360,6 +360,21 @@ impl Vm {
         Ok(Vm { kvm, fd, memory, mem_bytes })
     }
 
+    /// Sends every MSR access KVM does not know to user space
+    /// (`KVM_CAP_X86_USER_SPACE_MSR` with `KVM_MSR_EXIT_REASON_UNKNOWN`), where
+    /// the served ABI answers it or faults it as KVM would have.
+    pub fn exit_on_unknown_msrs(&self) -> Result<(), SetupError> {
+        if !self.kvm.check_extension(kvm_ioctls::Cap::X86UserSpaceMsr) {
+            return Err(SetupError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
+        }
+        let mut cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            ..Default::default()
+        };
+        cap.args[0] = u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_UNKNOWN);
+        self.fd.enable_cap(&cap).map_err(SetupError::ioctl("send unknown MSRs to user space"))
+    }
+
     /// Creates vCPU number `index` (its APIC id is the same number). vCPU 0
     /// is the bootstrap processor; with the in-kernel irqchip KVM keeps the
     /// others waiting for INIT/SIPI.
