@@ -175,7 +175,10 @@ fn boot(
     let steal_clocks = (config.personality == Personality::Vmware)
         .then(|| vmware::steal::StealClocks::new(vm.memory().clone(), u64::from(spec.tsc_khz), vcpus.len()));
     let hyperv = (config.personality == Personality::Hyperv)
-        .then(|| vm.exit_on_unknown_msrs().map(|()| hyperv::Shared::new(&vm, vcpus.len(), spec.tsc_khz)))
+        .then(|| {
+            let tsc_now = vcpus[0].msr(hyperv::MSR_IA32_TSC).unwrap_or(0);
+            vm.exit_on_unknown_msrs().map(|()| hyperv::Shared::new(&vm, vcpus.len(), spec.tsc_khz, tsc_now))
+        })
         .transpose()?;
     if lguest {
         let cpuid = cpuid::vcpu_cpuid(supported.as_slice(), 0, &spec);

@@ -41,7 +41,7 @@ pub fn hypercall_page() -> [u8; 4096] {
 }
 
 /// IA32_TSC, read through KVM for the reference counter.
-const MSR_IA32_TSC: u32 = 0x10;
+pub const MSR_IA32_TSC: u32 = 0x10;
 
 /// What every vCPU of the VM shares.
 #[derive(Debug)]
@@ -57,9 +57,11 @@ pub struct Shared {
 
 impl Shared {
     /// The state for a VM of `vcpus` vCPUs whose TSC runs at `tsc_khz` (0:
-    /// unknown; then no clock is offered).
-    pub fn new(vm: &Arc<Vm>, vcpus: usize, tsc_khz: u32) -> Arc<Self> {
+    /// unknown; then no clock is offered) and read `tsc_now` as the VM was
+    /// made (reference time 0).
+    pub fn new(vm: &Arc<Vm>, vcpus: usize, tsc_khz: u32, tsc_now: u64) -> Arc<Self> {
         let host = Host {
+            tsc_at_start: tsc_now,
             tsc_hz: u64::from(tsc_khz) * 1000,
             apic_hz: u64::from(crate::vmware::KVM_APIC_BUS_KHZ) * 1000,
             ram: crate::layout::ram_regions(vm.mem_bytes()),

@@ -15,6 +15,8 @@ pub struct Host {
     pub apic_hz: u64,
     /// Guest RAM, `(start GPA, length)` pairs: the pages the guest may name.
     pub ram: Vec<(u64, u64)>,
+    /// The guest TSC when the partition was made: reference time 0.
+    pub tsc_at_start: u64,
 }
 
 impl Host {
@@ -25,23 +27,31 @@ impl Host {
             .any(|&(start, len)| gpa >= start && gpa.checked_add(4096).is_some_and(|end| end <= start + len))
     }
 
-    /// The reference TSC page for this host: 100 ns per `tsc_scale`/2⁶⁴
-    /// ticks, offset 0 (the guest TSC starts at 0 with the vCPU, and so does
-    /// reference time).
+    /// The reference TSC page for this host: `tsc_scale`/2⁶⁴ units of 100 ns
+    /// per tick, offset so that reference time starts at 0 with the
+    /// partition (TLFS §12.4).
     pub fn tsc_page(&self) -> Option<TscPage> {
-        (self.tsc_hz != 0).then(|| TscPage {
-            tsc_sequence: 1,
-            reserved: 0,
-            tsc_scale: ((10_000_000u128 << 64) / u128::from(self.tsc_hz)) as u64,
-            tsc_offset: 0,
+        (self.tsc_hz != 0).then(|| {
+            let tsc_scale = ((10_000_000u128 << 64) / u128::from(self.tsc_hz)) as u64;
+            TscPage {
+                tsc_sequence: 1,
+                reserved: 0,
+                tsc_scale,
+                tsc_offset: -(scaled(self.tsc_at_start, tsc_scale) as i64),
+            }
         })
     }
 
     /// Reference time (100 ns units) at guest TSC `tsc`, as the TSC page gives it.
     pub fn reference_time(&self, tsc: u64) -> Option<u64> {
         let page = self.tsc_page()?;
-        Some(((u128::from(tsc) * u128::from(page.tsc_scale)) >> 64) as u64)
+        Some(scaled(tsc, page.tsc_scale).wrapping_add(page.tsc_offset as u64))
     }
+}
+
+/// (`tsc` × `scale`) >> 64.
+fn scaled(tsc: u64, scale: u64) -> u64 {
+    ((u128::from(tsc) * u128::from(scale)) >> 64) as u64
 }
 
 /// The partition-wide MSRs.
@@ -139,7 +149,7 @@ mod tests {
     use super::*;
 
     fn host() -> Host {
-        Host { tsc_hz: 2_000_000_000, apic_hz: 1_000_000_000, ram: vec![(0, 64 << 20)] }
+        Host { tsc_hz: 2_000_000_000, apic_hz: 1_000_000_000, ram: vec![(0, 64 << 20)], tsc_at_start: 0 }
     }
 
     #[test]
@@ -174,6 +184,13 @@ mod tests {
         assert_eq!(read(&p, &h, 0, msr::TIME_REF_COUNT, || Some(t)), Some(by_page));
         assert_eq!(read(&p, &h, 0, msr::TSC_FREQUENCY, || None), Some(2_000_000_000));
         assert_eq!(read(&p, &h, 3, msr::VP_INDEX, || None), Some(3));
+        // A partition made when the TSC read 10 s: reference time starts there.
+        let later = Host { tsc_at_start: 10 * t, ..h };
+        let page = later.tsc_page().unwrap();
+        let at = |tsc: u64| scaled(tsc, page.tsc_scale).wrapping_add(page.tsc_offset as u64);
+        assert!(at(10 * t) <= 1, "{}", at(10 * t));
+        assert_eq!(later.reference_time(11 * t), Some(at(11 * t)));
+        assert!((9_999_999..=10_000_001).contains(&at(11 * t)), "{}", at(11 * t));
     }
 
     #[test]
