@@ -11,9 +11,10 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// The signature as text (non-printable bytes dropped).
+    /// The signature as text, up to the first byte that is not printable.
     pub fn signature_str(&self) -> &str {
-        let end = self.signature.iter().position(|&b| !b.is_ascii_graphic()).unwrap_or(12);
+        // "Microsoft Hv" has a space; NUL padding ends the others.
+        let end = self.signature.iter().position(|&b| !(b.is_ascii_graphic() || b == b' ')).unwrap_or(12);
         core::str::from_utf8(&self.signature[..end]).unwrap_or("")
     }
 }

@@ -11,6 +11,7 @@ macro_rules! serve {
     };
 }
 
+pub mod hyperv;
 pub mod kvm;
 pub mod lguest;
 pub mod native;
@@ -20,5 +21,12 @@ pub mod vmware;
 pub mod xen;
 
 /// Every backend, native first.
-pub static BACKENDS: &[Backend] =
-    &[native::BACKEND, kvm::BACKEND, xen::BACKEND, lguest::BACKEND, vmi::BACKEND, vmware::BACKEND];
+pub static BACKENDS: &[Backend] = &[
+    native::BACKEND,
+    kvm::BACKEND,
+    xen::BACKEND,
+    lguest::BACKEND,
+    vmi::BACKEND,
+    vmware::BACKEND,
+    hyperv::BACKEND,
+];

@@ -8,6 +8,7 @@ use crate::tap::{self, Outcome};
 mod bench;
 mod boot;
 mod cpu;
+mod hyperv;
 mod irq;
 mod kvm;
 mod lock;
@@ -83,6 +84,7 @@ pub fn all() -> impl Iterator<Item = &'static Test> {
         .chain(smp::TESTS)
         .chain(kvm::TESTS)
         .chain(vmware::TESTS)
+        .chain(hyperv::TESTS)
         .chain(bench::TESTS)
         .chain(speed::TESTS)
 }
