@@ -215,6 +215,17 @@ pub const ALL: &[Platform] = &[
         check_clock: true,
         timeout: Duration::from_secs(60),
     },
+    Platform {
+        name: "pvrun-hyperv",
+        launcher: Launcher::Pvrun("hyperv"),
+        expect_platform: "hyperv",
+        expect_backend: "hyperv",
+        cpus: 2,
+        mem_mib: GUEST_MEM_MIB,
+        extra_args: &[],
+        check_clock: true,
+        timeout: Duration::from_secs(60),
+    },
     // Scale: many vCPUs, sparse APIC IDs (Xen PVH), much memory.
     Platform {
         name: "qemu-tcg-smp16",

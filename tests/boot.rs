@@ -155,6 +155,31 @@ fn pvrun_vmware() {
     );
 }
 
+/// pvrun's Hyper-V: the clock from the reference TSC page, which agrees with
+/// the reference counter, the TSC frequency from its MSR, IPIs by hypercall
+/// (every one taken), each CPU with its own VP index.
+#[test]
+fn pvrun_hyperv() {
+    let Some(b) = full_suite("pvrun-hyperv") else { return };
+    assert_diagnostics(
+        &b,
+        &[
+            "op time.clock_ns -> hyperv",
+            "op time.tsc_khz -> hyperv",
+            "op apic.send_ipi_mask -> hyperv",
+            "hyperv vp indices: 2 CPUs, each its own",
+            "vmware probe: port untouched (hyperv signs the CPUID leaves)",
+        ],
+    );
+    let passed = |name: &str| b.report.tests.iter().any(|t| t.name == name && t.ok && t.skip.is_none());
+    assert!(passed("hyperv.page_and_counter_agree"), "{}", transcript(&b));
+    let ipis =
+        b.report.diagnostic("hyperv ipis").unwrap_or_else(|| panic!("no IPI line\n{}", transcript(&b)));
+    let sent: u64 =
+        ipis.split_whitespace().next().and_then(|n| n.parse().ok()).expect("<n> sent by hypercall");
+    assert!(sent > 0 && ipis.ends_with(", 0 refused"), "{ipis}");
+}
+
 /// With the host's CPUs all busy, a vCPU waits on a run queue, and the
 /// guest's steal clock says so: with one spinning thread more than the host
 /// has CPUs, at least 10 ms more of the boot stolen than in the same boot

@@ -7,7 +7,7 @@
 //! v6.0b (TLFS), and Linux `include/hyperv/hvgdk_mini.h` (formerly
 //! `arch/x86/include/asm/hyperv-tlfs.h`) for the names used here.
 
-/// CPUID leaves (TLFS §2.4).
+/// CPUID leaves (TLFS, "Feature and interface discovery").
 pub mod leaf {
     /// EAX = the highest leaf; EBX, ECX, EDX = [`super::SIGNATURE`].
     pub const VENDOR: u32 = 0x4000_0000;
@@ -56,7 +56,7 @@ pub mod recommend {
     pub const EX_PROCESSOR_MASKS: u32 = 1 << 11;
 }
 
-/// Synthetic MSRs (TLFS §2.6, `HV_X64_MSR_*`).
+/// Synthetic MSRs (TLFS, "Synthetic MSRs"; `HV_X64_MSR_*`).
 pub mod msr {
     /// The guest OS identity; partition-wide. The hypercall page cannot be
     /// enabled while it is 0.
@@ -81,7 +81,7 @@ pub mod msr {
     pub const PAGE_MASK: u64 = !0xfff;
 }
 
-/// The reference TSC page (TLFS §12.7, `struct ms_hyperv_tsc_page`):
+/// The reference TSC page (TLFS, "Reference TSC page"; `struct ms_hyperv_tsc_page`):
 /// reference time (100 ns units) = ((TSC × `tsc_scale`) >> 64) + `tsc_offset`,
 /// valid while `tsc_sequence` is the same before and after the read; a
 /// sequence of 0 means "use HV_X64_MSR_TIME_REF_COUNT instead".
@@ -101,7 +101,7 @@ pub struct TscPage {
 /// The reference counter's unit: 100 ns.
 pub const REFERENCE_UNIT_NS: u64 = 100;
 
-/// Hypercalls (TLFS §3): the input value in RCX, an input GPA (or, in the
+/// Hypercalls (TLFS, "Hypercall interface"): the input value in RCX, an input GPA (or, in the
 /// fast form, the first 8 bytes of input) in RDX, an output GPA (or the next
 /// 8 bytes) in R8; the result value comes back in RAX.
 pub mod hypercall {

@@ -17,7 +17,7 @@ fn is_hyperv(ctx: &Ctx) -> bool {
 }
 
 /// The reference TSC page and the reference counter MSR are two views of
-/// one partition clock (TLFS §12.4, §12.7): a counter read between two page
+/// one partition clock (TLFS, "Partition reference counter" and "Reference TSC page"): a counter read between two page
 /// reads lies between them, to its 100 ns unit.
 fn page_and_counter(ctx: &mut Ctx) -> TestResult {
     if !is_hyperv(ctx) {

@@ -1,4 +1,4 @@
-//! The hypercalls (`docs/abi/hyperv.md` §4): decoding the input value, the
+//! The hypercalls (`docs/abi/hyperv.md` §5): decoding the input value, the
 //! two IPI calls, and the result value. Pure: guest memory is read through
 //! a closure, and the IPI is returned for the glue to send.
 
@@ -125,7 +125,7 @@ fn checked_vector(word: u64) -> Result<u8, u16> {
 }
 
 /// Reads `buf.len()` bytes of input at `gpa`: 8-byte aligned, within one
-/// page (TLFS §3.5), in RAM.
+/// page (TLFS, "Hypercall inputs and outputs"), in RAM.
 fn fetch(gpa: u64, buf: &mut [u8], read: &dyn Fn(u64, &mut [u8]) -> bool) -> Result<(), u16> {
     if !gpa.is_multiple_of(8) || (gpa & 0xfff) as usize + buf.len() > 4096 {
         return Err(status::INVALID_ALIGNMENT);

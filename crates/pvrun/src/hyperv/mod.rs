@@ -13,7 +13,10 @@
 //!   (`KVM_CAP_X86_USER_SPACE_MSR`); the hypercall page pvrun writes is
 //!   `out 0xea, al; ret` (this host's `vmcall`/`vmmcall` never return), so a
 //!   call exits here with RCX, RDX and R8 intact; an IPI is a
-//!   `KVM_SIGNAL_MSI` per target and a kick of its thread.
+//!   `KVM_SIGNAL_MSI` per target, which KVM delivers as it does the APIC's
+//!   own IPIs. (Kicking the target's thread out of `KVM_RUN` as well, as
+//!   the VMI alarm does, made IPIs slower here: targets wait halted, and
+//!   KVM wakes those itself; docs/abi/hyperv.md §7.)
 
 pub mod hypercalls;
 pub mod msrs;
@@ -49,10 +52,8 @@ pub struct Shared {
     partition: Mutex<Partition>,
     host: Host,
     vm: Weak<Vm>,
-    /// Each vCPU's thread (`pthread_t`; 0 before it runs and after it
-    /// ends), under a lock that the thread takes to leave: a kick sent
-    /// while holding it reaches a live thread.
-    threads: Vec<Mutex<u64>>,
+    /// How many vCPUs (VPs) the VM has.
+    vps: u32,
 }
 
 impl Shared {
@@ -70,16 +71,12 @@ impl Shared {
             partition: Mutex::new(Partition::default()),
             host,
             vm: Arc::downgrade(vm),
-            threads: (0..vcpus).map(|_| Mutex::new(0)).collect(),
+            vps: vcpus as u32,
         })
     }
 
     fn partition(&self) -> MutexGuard<'_, Partition> {
         self.partition.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn thread(&self, vp: usize) -> MutexGuard<'_, u64> {
-        self.threads[vp].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -94,8 +91,6 @@ pub struct HypervVcpu {
     calls: u64,
     failed: u64,
     ipis: u64,
-    /// Whether this vCPU's thread is in [`Shared::threads`].
-    registered: bool,
 }
 
 /// Readies `vcpu`'s side: its registers through `kvm_run`.
@@ -110,7 +105,6 @@ pub fn setup(vm: &Vm, vcpu: &mut Vcpu, shared: &Arc<Shared>) -> HypervVcpu {
         calls: 0,
         failed: 0,
         ipis: 0,
-        registered: false,
     }
 }
 
@@ -124,31 +118,14 @@ fn tsc_page_bytes(page: &TscPage) -> [u8; 24] {
 }
 
 impl HypervVcpu {
-    /// Sends `vector` to each VP in `targets` and kicks each other vCPU out
-    /// of `KVM_RUN`, where a vCPU running CPL0 code may otherwise take the
-    /// interrupt only at its next exit.
+    /// Sends `vector` to each VP in `targets`.
     fn send_ipi(&mut self, vector: u8, targets: &[u32]) {
         let Some(vm) = self.shared.vm.upgrade() else { return };
         for &vp in targets {
             // VP index n is vCPU n, whose APIC ID is n (≤ 254).
             vm.signal_vector(vp as u8, vector);
             self.ipis += 1;
-            if vp != u32::from(self.index) {
-                let thread = self.shared.thread(vp as usize);
-                if *thread != 0 {
-                    // SAFETY: the id is that vCPU's live thread: it clears
-                    // its slot under this lock before it ends, and the lock
-                    // is held across the call.
-                    unsafe { libc::pthread_kill(*thread as libc::pthread_t, crate::runner::kick_signal()) };
-                }
-            }
         }
-    }
-}
-
-impl Drop for HypervVcpu {
-    fn drop(&mut self) {
-        *self.shared.thread(usize::from(self.index)) = 0;
     }
 }
 
@@ -165,7 +142,7 @@ impl ServedAbi for HypervVcpu {
         }
         let mut regs = vcpu.sync_regs();
         let call = hypercalls::Regs { rcx: regs.rcx, rdx: regs.rdx, r8: regs.r8 };
-        let vps = self.shared.threads.len() as u32;
+        let vps = self.shared.vps;
         let memory = self.shared.vm.upgrade();
         let read = |gpa: u64, buf: &mut [u8]| {
             memory.as_ref().is_some_and(|vm| vm.memory().read_slice(buf, GuestAddress(gpa)).is_ok())
@@ -228,11 +205,6 @@ impl ServedAbi for HypervVcpu {
     }
 
     fn before_run(&mut self, _vcpu: &mut Vcpu, _ctx: &RunCtx) -> Result<Flow, GuestError> {
-        if !self.registered {
-            // SAFETY: pthread_self has no preconditions.
-            *self.shared.thread(usize::from(self.index)) = unsafe { libc::pthread_self() } as u64;
-            self.registered = true;
-        }
         Ok(Flow::Run)
     }
 

@@ -29,7 +29,7 @@ impl Host {
 
     /// The reference TSC page for this host: `tsc_scale`/2⁶⁴ units of 100 ns
     /// per tick, offset so that reference time starts at 0 with the
-    /// partition (TLFS §12.4).
+    /// partition (TLFS, "Partition reference counter").
     pub fn tsc_page(&self) -> Option<TscPage> {
         (self.tsc_hz != 0).then(|| {
             let tsc_scale = ((10_000_000u128 << 64) / u128::from(self.tsc_hz)) as u64;
@@ -114,7 +114,7 @@ pub fn write(p: &mut Partition, host: &Host, index: u32, value: u64) -> Result<E
     match index {
         msr::GUEST_OS_ID => {
             p.guest_os_id = value;
-            // TLFS §3.13: clearing the OS identity disables the hypercall page.
+            // TLFS, "Establishing the hypercall interface": clearing the OS identity disables the hypercall page.
             if value == 0 {
                 p.hypercall &= !msr::ENABLE;
             }
@@ -125,7 +125,7 @@ pub fn write(p: &mut Partition, host: &Host, index: u32, value: u64) -> Result<E
             if value & 0xffe != 0 || (enable && !host.page_in_ram(page)) {
                 return Err(());
             }
-            // Without an OS identity the enable bit does not stick (TLFS §3.13).
+            // Without an OS identity the enable bit does not stick (same section).
             let enable = enable && p.guest_os_id != 0;
             p.hypercall = page | u64::from(enable);
             Ok(if enable { Effect::HypercallPage(page) } else { Effect::None })

@@ -52,11 +52,11 @@ static TSC_PAGE: Page<TscPage> =
     Page(UnsafeCell::new(TscPage { tsc_sequence: 0, reserved: 0, tsc_scale: 0, tsc_offset: 0 }));
 
 /// The hypercall page: in `.text`, so it is mapped executable; the
-/// hypervisor writes its code (TLFS §3.13), the guest only calls it.
+/// hypervisor writes its code (TLFS, "Establishing the hypercall interface"), the guest only calls it.
 #[link_section = ".text.hyperv_hypercall_page"]
 static HYPERCALL_PAGE: Page<[u8; 4096]> = Page(UnsafeCell::new([0xcc; 4096]));
 
-/// Linux's guest OS identity for an open-source OS (TLFS §3.12 "Guest OS
+/// Linux's guest OS identity for an open-source OS (TLFS, "Guest OS
 /// identity for open source operating systems"): bit 63 set, OS type 0x7f
 /// ("other") in bits 62:56; no version.
 const GUEST_OS_ID: u64 = 1 << 63 | 0x7f << 56;
@@ -152,7 +152,7 @@ pub fn install(env: &InitEnv, ops: &mut PvOps) -> (OpSet, AbiLine) {
     }
     if has(privilege::HYPERCALL_MSRS) && has(privilege::VP_INDEX) {
         // SAFETY: the privilege allows the MSRs; the page is ours, static,
-        // aligned and in `.text`. The identity must come first (TLFS §3.13).
+        // aligned and in `.text`. The identity must come first (same section).
         let enabled = unsafe {
             native::write_msr(msr::GUEST_OS_ID, GUEST_OS_ID);
             native::write_msr(msr::HYPERCALL, virt_to_phys(HYPERCALL_PAGE.0.get() as u64) | msr::ENABLE);

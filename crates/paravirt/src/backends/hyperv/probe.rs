@@ -1,6 +1,6 @@
 //! Detection: "Microsoft Hv" at 0x40000000 (Hyper-V's leaves have no other
 //! base), a range reaching the implementation-limits leaf, and the "Hv#1"
-//! interface (TLFS §2.4). KVM and Xen can show these leaves too, beside their
+//! interface (TLFS, "Feature and interface discovery"). KVM and Xen can show these leaves too, beside their
 //! own at 0x40000100; their own backends rank higher and win there.
 
 use super::abi::{leaf, INTERFACE_HV1, SIGNATURE};
