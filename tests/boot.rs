@@ -479,10 +479,10 @@ fn pv_override_on_pvrun() {
     let b = boot(p, "pv=native pvkernel.tests=pv.");
     assert_eq!(b.report.platform_field("backend").as_deref(), Some("native"), "{}", transcript(&b));
     assert!(b.report.is_success(), "{}", transcript(&b));
-    let b = boot(p, "pv=hyperv pvkernel.tests=pv.");
+    let b = boot(p, "pv=acrn pvkernel.tests=pv.");
     assert_eq!(b.report.platform_field("backend").as_deref(), Some("kvm"));
     assert!(
-        b.report.diagnostics.iter().any(|d| d.contains("pv=hyperv: no such backend")),
+        b.report.diagnostics.iter().any(|d| d.contains("pv=acrn: no such backend")),
         "{}",
         transcript(&b)
     );

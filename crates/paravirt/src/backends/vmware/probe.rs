@@ -4,7 +4,7 @@
 //! the leaves "TCGTCGTCGTCG"): one GETVERSION, which on a host without the
 //! port reads all ones and leaves EBX as it was. The port is not touched
 //! where KVM, Xen or Hyper-V sign the leaves — hosts known not to be VMware
-//! (KVM and Xen have backends of their own; a Hyper-V guest stays native),
+//! (KVM, Xen and Hyper-V have backends of their own),
 //! and a guest there pays nothing for this one — nor by a kernel in ring 3
 //! (the lguest and Xen PV boot flows never probe; `in` would #GP there).
 
