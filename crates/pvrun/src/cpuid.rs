@@ -155,26 +155,30 @@ pub struct CpuidSpec {
 /// VMware's timing leaf, at its hypervisor base + 0x10.
 pub const VMWARE_TIMING_LEAF: u32 = HYPERVISOR_LEAF_FIRST + pvabi::vmware::TIMING_LEAF_OFFSET;
 
+/// A 12-byte hypervisor signature as CPUID's EBX, ECX, EDX.
+fn signature_words(signature: &[u8; 12]) -> [u32; 3] {
+    let word =
+        |i: usize| u32::from_le_bytes([signature[i], signature[i + 1], signature[i + 2], signature[i + 3]]);
+    [word(0), word(4), word(8)]
+}
+
 /// The leaves personality vmware adds: the base leaf (the range reaching the
 /// timing leaf, "VMwareVMware") and the timing leaf (TSC and APIC bus kHz;
 /// ECX 0: the backdoor is the port, not vmcall).
 pub fn vmware_leaves(tsc_khz: u32) -> [kvm_cpuid_entry2; 2] {
-    let word = |i: usize| {
-        let b = &pvabi::vmware::SIGNATURE[i * 4..i * 4 + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    };
+    let [ebx, ecx, edx] = signature_words(&pvabi::vmware::SIGNATURE);
     let base = kvm_cpuid_entry2 {
         function: HYPERVISOR_LEAF_FIRST,
         eax: VMWARE_TIMING_LEAF,
-        ebx: word(0),
-        ecx: word(1),
-        edx: word(2),
+        ebx,
+        ecx,
+        edx,
         ..Default::default()
     };
     let timing = kvm_cpuid_entry2 {
         function: VMWARE_TIMING_LEAF,
         eax: tsc_khz,
-        ebx: crate::vmware::KVM_APIC_BUS_KHZ,
+        ebx: crate::vm::KVM_APIC_BUS_KHZ,
         ..Default::default()
     };
     [base, timing]
@@ -187,14 +191,7 @@ pub fn vmware_leaves(tsc_khz: u32) -> [kvm_cpuid_entry2; 2] {
 /// beyond 64 vCPUs), and the vCPU limit.
 pub fn hyperv_leaves(tsc_khz: u32, cpus: u8) -> [kvm_cpuid_entry2; 6] {
     use pvabi::hyperv::{feature, leaf, privilege, recommend, INTERFACE_HV1, SIGNATURE};
-    let word = |i: usize| {
-        u32::from_le_bytes([
-            SIGNATURE[i * 4],
-            SIGNATURE[i * 4 + 1],
-            SIGNATURE[i * 4 + 2],
-            SIGNATURE[i * 4 + 3],
-        ])
-    };
+    let sig = signature_words(&SIGNATURE);
     let clock = if tsc_khz != 0 { privilege::REFERENCE_TSC | privilege::FREQUENCY_MSRS } else { 0 };
     let entry = |function, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
         function,
@@ -205,7 +202,7 @@ pub fn hyperv_leaves(tsc_khz: u32, cpus: u8) -> [kvm_cpuid_entry2; 6] {
         ..Default::default()
     };
     [
-        entry(leaf::VENDOR, leaf::LIMITS, word(0), word(1), word(2)),
+        entry(leaf::VENDOR, leaf::LIMITS, sig[0], sig[1], sig[2]),
         entry(leaf::INTERFACE, INTERFACE_HV1, 0, 0, 0),
         // Build 1, version 1.0: pvrun's, not a Windows release.
         entry(leaf::VERSION, 1, 1 << 16, 0, 0),

@@ -298,6 +298,9 @@ pub struct Vm {
     mem_bytes: u64,
 }
 
+/// KVM's local APIC timer runs at 1 GHz (`APIC_BUS_CYCLE_NS` = 1), kHz.
+pub const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
+
 impl Vm {
     /// Creates the VM with `mem_bytes` of RAM laid out as by
     /// [`layout::ram_regions`], the in-kernel irqchip and a PIT. The irqchip

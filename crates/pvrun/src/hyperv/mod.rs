@@ -23,7 +23,7 @@ pub mod msrs;
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use pvabi::hyperv::{msr, TscPage};
+use pvabi::hyperv::TscPage;
 use vm_memory::{Bytes, GuestAddress};
 
 use self::msrs::{Effect, Host, Partition};
@@ -64,7 +64,7 @@ impl Shared {
         let host = Host {
             tsc_at_start: tsc_now,
             tsc_hz: u64::from(tsc_khz) * 1000,
-            apic_hz: u64::from(crate::vmware::KVM_APIC_BUS_KHZ) * 1000,
+            apic_hz: u64::from(crate::vm::KVM_APIC_BUS_KHZ) * 1000,
             ram: crate::layout::ram_regions(vm.mem_bytes()),
         };
         Arc::new(Shared {
@@ -117,18 +117,6 @@ fn tsc_page_bytes(page: &TscPage) -> [u8; 24] {
     b
 }
 
-impl HypervVcpu {
-    /// Sends `vector` to each VP in `targets`.
-    fn send_ipi(&mut self, vector: u8, targets: &[u32]) {
-        let Some(vm) = self.shared.vm.upgrade() else { return };
-        for &vp in targets {
-            // VP index n is vCPU n, whose APIC ID is n (≤ 254).
-            vm.signal_vector(vp as u8, vector);
-            self.ipis += 1;
-        }
-    }
-}
-
 impl ServedAbi for HypervVcpu {
     fn owns_port(&self, port: u16) -> bool {
         port == u16::from(HYPERCALL_PORT)
@@ -137,19 +125,22 @@ impl ServedAbi for HypervVcpu {
     /// A hypercall, if the page is enabled; otherwise a write to an
     /// unclaimed port.
     fn port_out(&mut self, vcpu: &mut Vcpu, _port: u16, _ctx: &RunCtx) -> Result<Flow, GuestError> {
-        if !self.shared.partition().hypercalls_enabled() {
+        // Only while the page is enabled (the VM outlives its running vCPUs,
+        // so the upgrade holds).
+        let Some(vm) = self.shared.vm.upgrade().filter(|_| self.shared.partition().hypercalls_enabled())
+        else {
             return Ok(Flow::Run);
-        }
+        };
         let mut regs = vcpu.sync_regs();
         let call = hypercalls::Regs { rcx: regs.rcx, rdx: regs.rdx, r8: regs.r8 };
-        let vps = self.shared.vps;
-        let memory = self.shared.vm.upgrade();
-        let read = |gpa: u64, buf: &mut [u8]| {
-            memory.as_ref().is_some_and(|vm| vm.memory().read_slice(buf, GuestAddress(gpa)).is_ok())
-        };
-        let status = match hypercalls::call(call, vps, &read) {
+        let read = |gpa: u64, buf: &mut [u8]| vm.memory().read_slice(buf, GuestAddress(gpa)).is_ok();
+        let status = match hypercalls::call(call, self.shared.vps, &read) {
             Ok(ipi) => {
-                self.send_ipi(ipi.vector, &ipi.targets);
+                for &vp in &ipi.targets {
+                    // VP index n is vCPU n, whose APIC ID is n (≤ 254).
+                    vm.signal_vector(vp as u8, ipi.vector);
+                }
+                self.ipis += ipi.targets.len() as u64;
                 pvabi::hyperv::hypercall::status::SUCCESS
             }
             Err(status) => {
@@ -178,6 +169,7 @@ impl ServedAbi for HypervVcpu {
     fn msr_write(&mut self, _vcpu: &mut Vcpu, index: u32, value: u64) -> bool {
         self.msr_writes += 1;
         let mut partition = self.shared.partition();
+        let before = *partition;
         let effect = match msrs::write(&mut partition, &self.shared.host, index, value) {
             Ok(effect) => effect,
             Err(()) => {
@@ -194,10 +186,7 @@ impl ServedAbi for HypervVcpu {
         };
         if written.is_err() {
             // Not reached: a page in RAM is writable. Undo, and fault.
-            *partition = match index {
-                msr::HYPERCALL => Partition { hypercall: 0, ..*partition },
-                _ => Partition { reference_tsc: 0, ..*partition },
-            };
+            *partition = before;
             self.msr_faults += 1;
             return false;
         }

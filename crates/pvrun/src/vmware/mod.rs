@@ -25,10 +25,7 @@ use self::steal::StealClocks;
 use crate::error::GuestError;
 use crate::runner::{Flow, RunCtx, ServedAbi};
 use crate::vcpu::Vcpu;
-use crate::vm::Vm;
-
-/// KVM's local APIC timer runs at 1 GHz (`APIC_BUS_CYCLE_NS` = 1), kHz.
-pub const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
+use crate::vm::{Vm, KVM_APIC_BUS_KHZ};
 
 /// One vCPU's side of the backdoor.
 #[derive(Debug)]
