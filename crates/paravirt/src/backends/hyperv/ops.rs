@@ -16,7 +16,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::abi::{self, hypercall as hc, msr, privilege, recommend, vpset, TscPage};
-use super::probe::{self, Offer};
+use super::probe;
 use crate::backends::native::ops as native;
 use crate::cpus::CpuSet;
 use crate::select::{AbiLine, InitEnv, OpSet};
@@ -186,12 +186,6 @@ pub fn init_cpu(cpu: u32) {
     }
 }
 
-/// The offer, for reports.
-pub fn offer() -> Offer {
-    let o = OFFER.load(Ordering::Relaxed);
-    Offer { privileges: o as u32, recommendations: (o >> 32) as u32, ..Offer::default() }
-}
-
 /// Reference time in ns from the TSC page, `None` while its sequence is 0
 /// (Linux's `hv_read_tsc_page_tsc`) or before it was registered.
 pub fn tsc_page_ns() -> Option<u64> {
@@ -283,7 +277,7 @@ extern "C" fn send_ipi_mask(cpus: *const CpuSet, vector: u32) {
         let mask = vps().fold(0u64, |m, vp| m | 1 << vp);
         Some(hypercall(u64::from(hc::SEND_IPI) | hc::FAST, u64::from(vector), mask))
     } else if uses(feature::IPI_EX) && vps().all(|vp| vp < 256) {
-        Some(send_ipi_ex(vector, vps))
+        Some(send_ipi_ex(vector, cpus))
     } else {
         None
     };
@@ -299,26 +293,34 @@ extern "C" fn send_ipi_mask(cpus: *const CpuSet, vector: u32) {
     }
 }
 
-/// The Ex form, VPs < 256: the input block in this CPU's buffer, with
-/// interrupts off so no handler reuses it mid-call.
-fn send_ipi_ex<I: Iterator<Item = u32>>(vector: u32, vps: impl Fn() -> I) -> u64 {
-    let flags = native::save_flags();
-    native::irq_disable();
+/// The Ex form's input for VPs < 256 (`struct hv_send_ipi_ex`): vector,
+/// the sparse format, the valid-bank mask, then each non-empty bank, lowest
+/// first; and the bank count, which is the call's variable header size.
+pub fn ex_input(vector: u32, vps: impl Iterator<Item = u32>) -> ([u64; 8], usize) {
     let mut banks = [0u64; 4];
-    for vp in vps() {
+    for vp in vps {
         banks[(vp / 64) as usize] |= 1 << (vp % 64);
     }
-    let valid = (0..4).filter(|&b| banks[b] != 0).fold(0u64, |m, b| m | 1 << b);
-    let block = EX_INPUT[crate::cpus::slot(current_cpu())].0.get();
-    // SAFETY: this CPU's own block, interrupts off: nothing else touches it.
-    let input = unsafe { &mut *block };
-    *input = [u64::from(vector), vpset::FORMAT_SPARSE_4K, valid, 0, 0, 0, 0, 0];
+    let mut input = [u64::from(vector), vpset::FORMAT_SPARSE_4K, 0, 0, 0, 0, 0, 0];
     let mut n = 0;
-    for bank in banks.iter().filter(|&&b| b != 0) {
-        input[3 + n] = *bank;
+    for (b, &bank) in banks.iter().enumerate().filter(|(_, &bank)| bank != 0) {
+        input[2] |= 1 << b;
+        input[3 + n] = bank;
         n += 1;
     }
-    let control = u64::from(hc::SEND_IPI_EX) | (n as u64) << hc::VARHEAD_SHIFT;
+    (input, n)
+}
+
+/// The Ex form, every target's VP index below 256: the input in this CPU's
+/// block, with interrupts off so no handler reuses it mid-call.
+fn send_ipi_ex(vector: u32, cpus: &CpuSet) -> u64 {
+    let flags = native::save_flags();
+    native::irq_disable();
+    let block = EX_INPUT[crate::cpus::slot(current_cpu())].0.get();
+    let (input, banks) = ex_input(vector, cpus.iter().map(vp_index));
+    // SAFETY: this CPU's own block, interrupts off: nothing else touches it.
+    unsafe { block.write(input) };
+    let control = u64::from(hc::SEND_IPI_EX) | (banks as u64) << hc::VARHEAD_SHIFT;
     let status = hypercall(control, virt_to_phys(block as u64), 0);
     // SAFETY: restores the caller's flags.
     unsafe { native::restore_flags(flags) };
@@ -327,4 +329,21 @@ fn send_ipi_ex<I: Iterator<Item = u32>>(vector: u32, vps: impl Fn() -> I) -> u64
 
 extern "C" fn send_ipi(cpu: u32, vector: u32) {
     send_ipi_mask(&CpuSet::of(cpu), vector);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout pvrun's decoder takes (`crates/pvrun/src/hyperv/hypercalls.rs`):
+    /// VPs 1, 128 and 130 are banks 0 and 2.
+    #[test]
+    fn the_ex_input_lists_non_empty_banks_lowest_first() {
+        let (input, banks) = ex_input(0x41, [130, 1, 128].into_iter());
+        assert_eq!(banks, 2);
+        assert_eq!(input[..5], [0x41, vpset::FORMAT_SPARSE_4K, 0b101, 0b10, 0b101]);
+        assert_eq!(input[5..], [0, 0, 0]);
+        let (input, banks) = ex_input(0xf0, [255].into_iter());
+        assert_eq!((banks, input[2], input[3]), (1, 0b1000, 1 << 63));
+    }
 }

@@ -20,8 +20,6 @@ pub struct Offer {
     pub features: u32,
     /// 0x40000004 EAX: recommendations.
     pub recommendations: u32,
-    /// 0x40000005 EAX: the most virtual processors.
-    pub max_vps: u32,
 }
 
 /// Whether the leaves are Hyper-V's: the signature at 0x40000000, a range
@@ -39,7 +37,6 @@ pub fn offer(probe: &Probe, src: &dyn CpuidSource) -> Option<Offer> {
             privileges: features.eax,
             features: features.edx,
             recommendations: src.cpuid(leaf::ENLIGHTENMENTS, 0).eax,
-            max_vps: src.cpuid(leaf::LIMITS, 0).eax,
         }
     })
 }
